@@ -1,0 +1,25 @@
+"""Imports every built-in stage and resource module so their decorators register them.
+
+Each module imports its heavy dependencies inside ``setup()``, so importing them here stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_MODULES = [
+    "ragkit.testing.fakes",
+    "ragkit.models.llm",
+    "ragkit.models.embedder",
+    "ragkit.stores.rdf",
+    "ragkit.stores.examples",
+    "ragkit.stages.schema.reader",
+    "ragkit.stages.retrievers.examples",
+    "ragkit.stages.retrievers.graph",
+    "ragkit.stages.querygen.sparql",
+    "ragkit.stages.prompts.builder",
+    "ragkit.stages.generators.local",
+]
+
+for _m in _MODULES:
+    importlib.import_module(_m)

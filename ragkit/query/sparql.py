@@ -1,0 +1,101 @@
+"""SPARQL text utilities for generated queries: extraction, prefix completion, parsing."""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+__all__ = ["extract_query", "add_missing_prefixes", "parse_error"]
+
+_START = re.compile(r"(?is)\b(PREFIX|BASE|SELECT|ASK|CONSTRUCT|DESCRIBE)\b")
+_FENCE = re.compile(r"```(?:sparql|SPARQL|cypher|sql)?\s*\n?(.*?)(?:```|$)", re.S)
+_PREFIXED = re.compile(r"(?<![\w<?$])([A-Za-z][\w-]*)?:([A-Za-z_][\w-]*)")
+_DECLARED = re.compile(r"(?i)PREFIX\s+([A-Za-z][\w-]*)?:\s*<([^>]*)>")
+
+
+def extract_query(text: str) -> str:
+    """The query in a model's reply: inside a code fence if there is one, from the first keyword on,
+    up to a blank line followed by prose (a 'Question:' the model went on to invent, say)."""
+    m = _FENCE.search(text)
+    if m:
+        text = m.group(1)
+    m = _START.search(text)
+    if m:
+        text = text[m.start() :]
+    # cut at the first line that starts another few-shot turn
+    cut = re.search(r"(?im)^\s*(question|q|answer|sparql|cypher)\s*:", text)
+    if cut and cut.start() > 0:
+        text = text[: cut.start()]
+    return _balance_braces(text.strip())
+
+
+def _balance_braces(q: str) -> str:
+    """Drop text after the brace that closes the WHERE block, and close blocks the model left open."""
+    depth, in_str, esc, end = 0, "", False, None
+    opened = False
+    for i, ch in enumerate(q):
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == in_str:
+                in_str = ""
+            continue
+        if ch in "\"'":
+            in_str = ch
+        elif ch == "<" and not opened:
+            continue
+        elif ch == "{":
+            depth += 1
+            opened = True
+        elif ch == "}":
+            depth -= 1
+            if depth == 0 and opened:
+                end = i
+                # keep solution modifiers after the closing brace (GROUP BY, ORDER BY, LIMIT, ...)
+                rest = q[i + 1 :]
+                mod = re.match(r"(?is)(\s*(GROUP\s+BY|HAVING|ORDER\s+BY|LIMIT|OFFSET)\b[^{}]*?)(?=\n\s*\n|$)", rest)
+                if mod:
+                    return (q[: i + 1] + mod.group(1)).strip()
+                return q[: end + 1]
+    if depth > 0 and not in_str:
+        return q + " }" * depth
+    return q
+
+
+def add_missing_prefixes(query: str, prefixes: dict[str, str]) -> str:
+    """Declare prefixes the query uses but does not declare, when the schema knows them."""
+    declared = {m.group(1) or "" for m in _DECLARED.finditer(query)}
+    body = _DECLARED.sub("", query)
+    body = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|<[^>\s]*>', " ", body)  # not inside strings/IRIs
+    used = {m.group(1) or "" for m in _PREFIXED.finditer(body)}
+    missing = [p for p in sorted(used - declared) if p in prefixes]
+    if not missing:
+        return query
+    return "\n".join(f"PREFIX {p}: <{prefixes[p]}>" for p in missing) + "\n" + query
+
+
+_empty_store: Any = None
+_empty_lock = threading.Lock()
+
+
+def parse_error(query: str) -> str | None:
+    """The SPARQL syntax error in ``query``, or None when it parses (checked with pyoxigraph)."""
+    global _empty_store
+    import pyoxigraph as ox
+
+    with _empty_lock:
+        if _empty_store is None:
+            _empty_store = ox.Store()
+    try:
+        res = _empty_store.query(query)
+        if isinstance(res, ox.QuerySolutions):
+            for _ in res:  # evaluation on an empty store is instant; it surfaces late errors
+                break
+    except SyntaxError as e:
+        return str(e)
+    except (OSError, ValueError) as e:
+        return str(e)
+    return None
