@@ -24,6 +24,9 @@ EXIT_USER_ERROR = 2
 
 
 def _debug() -> bool:
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.find_root().params.get("debug"):
+        return True
     return os.environ.get("RAGKIT_DEBUG", "") not in ("", "0")
 
 
@@ -31,7 +34,7 @@ def _fail(e: BaseException) -> None:
     """Print an error the way a user needs it and exit: 2 for their mistakes, 1 otherwise."""
     if _debug():
         raise e
-    err = click.get_text_stream("stderr")
+    err = sys.stderr
     if isinstance(e, ConfigError):
         for issue in e.issues:
             click.echo(f"error: {issue}", file=err)
@@ -68,8 +71,6 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 def cli(debug: bool, verbose: int) -> None:
     """ragkit: retrieval-augmented generation over knowledge graphs, on local models."""
-    if debug:
-        os.environ["RAGKIT_DEBUG"] = "1"
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if verbose == 0:
@@ -137,13 +138,23 @@ def run(pipeline_file: Path, question: str | None, extra: tuple[str, ...], as_js
             raise UserError(f"--input {item!r} is not NAME=VALUE")
         k, v = item.split("=", 1)
         inputs[k] = v
-    if as_json:
-        result = pipe.run(inputs)
-        click.echo(json.dumps({"outputs": _jsonable(result.outputs), "trace": result.trace.to_dict()}, indent=2, default=str))
+    for name in pipe.inputs:
+        if name not in inputs:
+            hint = "-q/--question" if name == "question" else f"-i {name}=VALUE"
+            if any(type(pipe.stages[s]).input_sockets()[f].required for s, f in pipe.inputs[name]):
+                raise UserError(f"{pipeline_file}: the pipeline needs its input '{name}' (pass {hint})")
+    try:
+        if as_json:
+            result = pipe.run(inputs)
+            click.echo(json.dumps({"outputs": _jsonable(result.outputs), "trace": result.trace.to_dict()}, indent=2, default=str))
+        else:
+            _run_streaming(pipe, inputs)
+    finally:
         pipe.close()
-        return
 
-    out = click.get_text_stream("stdout")
+
+def _run_streaming(pipe: Any, inputs: dict[str, Any]) -> None:
+    out = sys.stdout
     started = {"answer": False}
 
     def on_stage(name: str, output: Any) -> None:
@@ -172,8 +183,8 @@ def run(pipeline_file: Path, question: str | None, extra: tuple[str, ...], as_js
             click.secho("-- answer --", fg="green")
             out.write(str(answer))
     out.write("\n\n")
+    out.flush()
     print_trace(result.trace)
-    pipe.close()
 
 
 def _jsonable(v: Any) -> Any:

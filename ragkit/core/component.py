@@ -124,7 +124,9 @@ class Component:
         return {k: v for k, v in self.init_params.items() if isinstance(v, Resource)}
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={_short_repr(v)}" for k, v in self.init_params.items())
+        # parameters read from ${env:...} show the reference: reprs end up in logs
+        raw = self.__dict__.get("_raw_params", {})
+        args = ", ".join(f"{k}={_short_repr(raw.get(k, v))}" for k, v in self.init_params.items())
         return f"{type(self).__name__}({args})"
 
 
@@ -183,7 +185,7 @@ def _hints(fn: Any) -> dict[str, Any]:
 _STAGES: dict[str, type] = {}
 _RESOURCES: dict[str, type] = {}
 _builtins_loaded = False
-_registry_lock = threading.Lock()
+_registry_lock = threading.RLock()
 
 C = TypeVar("C", bound=type)
 
@@ -215,22 +217,32 @@ def register_resource(name: str) -> Any:
 
 def _load_builtins() -> None:
     global _builtins_loaded
+    if _builtins_loaded:
+        return
+    # Held for the whole load: another thread must not see a half-filled registry. The flag is set
+    # only once loading worked, so a failed import is retried (and raises) instead of leaving the
+    # registry silently empty.
     with _registry_lock:
         if _builtins_loaded:
             return
-        _builtins_loaded = True
-    from ragkit import _builtins  # noqa: F401  (imports register the built-in components)
+        from ragkit import _builtins  # noqa: F401  (imports register the built-in components)
+        from ragkit.core.stage import Stage
 
-    for group, table in ((ENTRY_POINT_GROUP, _STAGES), (RESOURCE_ENTRY_POINT_GROUP, _RESOURCES)):
-        for ep in metadata.entry_points(group=group):
-            if ep.name in table:
-                continue
-            try:
-                cls = ep.load()
-            except Exception as e:  # a broken plug-in must not break ragkit
-                logger.warning("could not load %s entry point %r: %s", group, ep.name, e)
-                continue
-            _register(table, "stage" if table is _STAGES else "resource", ep.name)(cls)
+        for group, table, base in ((ENTRY_POINT_GROUP, _STAGES, Stage), (RESOURCE_ENTRY_POINT_GROUP, _RESOURCES, Resource)):
+            kind = "stage" if table is _STAGES else "resource"
+            for ep in metadata.entry_points(group=group):
+                if ep.name in table:
+                    if getattr(table[ep.name], "__module__", "") != ep.value.split(":", 1)[0]:
+                        logger.warning("ignoring %s entry point %r (%s): that %s type name is already taken", group, ep.name, ep.value, kind)
+                    continue
+                try:  # a broken plug-in must not break ragkit
+                    cls = ep.load()
+                    if not (inspect.isclass(cls) and issubclass(cls, base)):
+                        raise TypeError(f"{ep.value} is not a {base.__name__} subclass")
+                    _register(table, kind, ep.name)(cls)
+                except Exception as e:  # noqa: BLE001  (whatever a plug-in raises, ragkit keeps working)
+                    logger.warning("could not load %s entry point %r: %s", group, ep.name, e)
+        _builtins_loaded = True
 
 
 def stage_types() -> dict[str, type]:

@@ -48,6 +48,7 @@ __all__ = ["load_pipeline", "build_pipeline", "params_model"]
 
 Path_ = tuple[Any, ...]
 _ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+_ENV_ANY = re.compile(r"\$\{env:[^}]*\}?")
 _RESERVED = {"name", "type"}
 
 
@@ -66,8 +67,9 @@ class _Spec(BaseModel):
 class _Doc:
     """A YAML document's data plus the position of every key and value in it."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, text: str = "") -> None:
         self.source = source
+        self.lines = text.splitlines()
         self.values: dict[Path_, tuple[int, int]] = {}
         self.keys: dict[Path_, tuple[int, int]] = {}
         self.issues: list[ConfigIssue] = []
@@ -83,6 +85,15 @@ class _Doc:
 
     def add(self, path: Path_, message: str, *, key: bool = False) -> None:
         self.issues.append(self.at(path, message, key=key))
+
+    def add_in_value(self, path: Path_, needle: str, message: str) -> None:
+        """An issue at ``needle`` inside the scalar at ``path`` (e.g. one ``${env:...}`` in a longer string)."""
+        issue = self.at(path, message)
+        if issue.line and path in self.values and issue.line <= len(self.lines):
+            col = self.lines[issue.line - 1].find(needle, issue.column - 1)
+            if col >= 0:
+                issue = ConfigIssue(message, issue.file, issue.line, col + 1)
+        self.issues.append(issue)
 
 
 def _walk(node: yaml.Node, path: Path_, doc: _Doc) -> None:
@@ -109,7 +120,7 @@ def _walk(node: yaml.Node, path: Path_, doc: _Doc) -> None:
 
 
 def _parse_yaml(text: str, source: str) -> tuple[Any, _Doc]:
-    doc = _Doc(source)
+    doc = _Doc(source, text)
     try:
         loader = yaml.SafeLoader(text)
         try:
@@ -122,14 +133,18 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, _Doc]:
             loader.dispose()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        what = " ".join(x for x in (e.context, e.problem) if x)
+        if isinstance(e, yaml.constructor.ConstructorError) and e.problem and "tag" in e.problem:
+            tag = (e.problem.split("tag", 1)[1].strip(" '").replace("tag:yaml.org,2002:", "!!")) or "?"
+            message = f"YAML tag {tag} is not allowed (pipeline files are plain YAML; remove the tag and write a plain value)"
+        else:
+            context = e.context or ""
+            cm = e.context_mark
+            if context and cm is not None and mark is not None and (cm.line, cm.column) != (mark.line, mark.column):
+                context += f" (opened at line {cm.line + 1}, column {cm.column + 1})"
+            what = ": ".join(x for x in (context, e.problem) if x)
+            message = f"invalid YAML: {what} (check the indentation, colons, brackets and quotes here)"
         raise ConfigError(
-            ConfigIssue(
-                f"invalid YAML: {what} (check the indentation, colons and quotes here)",
-                source,
-                (mark.line + 1) if mark else 0,
-                (mark.column + 1) if mark else 0,
-            )
+            ConfigIssue(message, source, (mark.line + 1) if mark else 0, (mark.column + 1) if mark else 0)
         ) from None
     except yaml.YAMLError as e:
         raise ConfigError(ConfigIssue(f"invalid YAML: {e}", source)) from None
@@ -138,12 +153,17 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, _Doc]:
 
 def _interpolate(value: Any, path: Path_, doc: _Doc, raw: dict[Path_, str]) -> Any:
     if isinstance(value, str) and "${" in value:
+        for m in _ENV_ANY.finditer(value):
+            if not _ENV.fullmatch(m.group(0)):
+                doc.add_in_value(path, m.group(0), f"malformed reference {m.group(0)!r} (write ${{env:NAME}} with NAME made of letters, digits and '_')")
 
         def sub(m: re.Match[str]) -> str:
             var = m.group(1)
             got = os.environ.get(var)
             if got is None:
-                doc.add(path, f"environment variable '{var}' is not set (export {var}=... before running, or remove the reference)")
+                doc.add_in_value(
+                    path, m.group(0), f"environment variable '{var}' is not set (export {var}=... before running, or remove the reference)"
+                )
                 return ""
             return got
 
@@ -182,17 +202,48 @@ def _hint(word: str, options: Any, otherwise: str) -> str:
     return f" ({s})" if s else f" ({otherwise})"
 
 
-def _report_validation(e: ValidationError, base: Path_, doc: _Doc, who: str, allowed: Any) -> None:
+def _data_loc(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The part of ``loc`` that exists in ``data``: drops the union-member tags pydantic appends
+    (``('inputs', 'q', 'list[str]')`` -> ``('inputs', 'q')``)."""
+    out: list[Any] = []
+    for part in loc:
+        in_dict = isinstance(data, dict) and part in data
+        in_list = isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)
+        if not (in_dict or in_list):
+            break
+        data = data[part]
+        out.append(part)
+    return tuple(out) or loc
+
+
+def _dotted_hint(kind: str) -> str:
+    # Constructing whatever class a file names is how YAML configs become code execution.
+    return (
+        f" (dotted import paths are not accepted, only registered {kind} types: register the class with "
+        f"@register_{kind} or the 'ragkit.{kind}s' entry-point group and use its short name)"
+    )
+
+
+def _report_validation(
+    e: ValidationError, base: Path_, doc: _Doc, who: str, allowed: Any, data: Any = None, raw: dict[Path_, str] | None = None
+) -> None:
+    seen: set[tuple[Any, ...]] = set()
     for err in e.errors():
         loc = tuple(err["loc"])
+        if data is not None and err["type"] != "missing":
+            loc = _data_loc(data, loc)
+        if loc in seen:  # one message per place: a union reports once per member
+            continue
+        seen.add(loc)
         field = ".".join(str(x) for x in loc)
         if err["type"] == "extra_forbidden":
             doc.add(base + loc, f"{who}unknown field '{field}'{_hint(str(loc[-1]), allowed, 'allowed: ' + ', '.join(allowed))}", key=True)
         elif err["type"] == "missing":
             doc.add(base, f"{who}missing required field '{field}' (add '{field}: ...')", key=True)
         else:
-            got = err.get("input")
-            doc.add(base + loc, f"{who}field '{field}': {err['msg'].rstrip('.')} (got {got!r})")
+            # never echo a value that came from the environment: it may be a secret
+            shown = (raw or {}).get(base + loc, err.get("input"))
+            doc.add(base + loc, f"{who}field '{field}': {err['msg'].rstrip('.')} (got {shown!r})")
 
 
 def load_pipeline(path: str | Path) -> Pipeline:
@@ -201,9 +252,9 @@ def load_pipeline(path: str | Path) -> Pipeline:
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{p}: no such file (check the path)") from None
+        raise ConfigError(ConfigIssue("no such file (check the path)", str(path))) from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: cannot read it ({e})") from None
+        raise ConfigError(ConfigIssue(f"cannot read it ({e})", str(path))) from None
     data, doc = _parse_yaml(text, str(path))
     return _build(data, doc)
 
@@ -220,18 +271,23 @@ def _build(data: Any, doc: _Doc) -> Pipeline:
     if doc.issues:  # duplicate keys: the YAML loader would silently keep the last one
         raise ConfigError(doc.issues)
     if not isinstance(data, dict):
-        raise ConfigError(doc.at((), "a pipeline file must be a mapping with 'version', 'stages' and optional 'resources', 'connections', 'inputs', 'outputs'"))
-    if "version" in data and data["version"] != SPEC_VERSION:
+        raise ConfigError(
+            doc.at((), "a pipeline file must be a mapping (give it 'version: 1', 'stages:' and optionally 'resources', 'connections', 'inputs', 'outputs')")
+        )
+    if "version" in data and (type(data["version"]) is not int or data["version"] != SPEC_VERSION):  # `true == 1` in Python
         raise ConfigError(doc.at(("version",), f"unsupported version {data['version']!r} (this ragkit reads 'version: {SPEC_VERSION}')"))
     raw: dict[Path_, str] = {}
+    original = data
     data = _interpolate(data, (), doc, raw)
     if doc.issues:
         raise ConfigError(doc.issues)
     try:
         spec = _Spec.model_validate(data)
     except ValidationError as e:
-        _report_validation(e, (), doc, "", list(_Spec.model_fields))
+        _report_validation(e, (), doc, "", list(_Spec.model_fields), data, raw)
         raise ConfigError(doc.issues) from None
+    if not spec.stages:
+        raise ConfigError(doc.at(("stages",), "'stages' is empty (a pipeline needs at least one stage)"))
 
     pipe = Pipeline(name=spec.name, description=spec.description)
 
@@ -246,10 +302,11 @@ def _build(data: Any, doc: _Doc) -> Pipeline:
             doc.add(base, f"resource '{rname}': missing 'type' (one of: {', '.join(rtypes)})", key=True)
             continue
         if rtype not in rtypes:
-            doc.add(base + ("type",), f"resource '{rname}': unknown resource type '{rtype}'{_hint(rtype, rtypes, 'see ragkit stages --resources')}")
+            hint = _dotted_hint("resource") if isinstance(rtype, str) and "." in rtype else _hint(str(rtype), rtypes, "see `ragkit stages --resources`")
+            doc.add(base + ("type",), f"resource '{rname}': unknown resource type '{rtype}'{hint}")
             continue
         cls = rtypes[rtype]
-        kw = _validate_params(cls, {k: v for k, v in rdata.items() if k != "type"}, base, doc, f"resource '{rname}': ")
+        kw = _validate_params(cls, {k: v for k, v in rdata.items() if k != "type"}, base, doc, f"resource '{rname}': ", raw)
         if kw is not None:
             validated[rname] = (cls, kw)
     progress = True
@@ -262,7 +319,7 @@ def _build(data: Any, doc: _Doc) -> Pipeline:
                 continue
             ok = _resolve_refs(cls, kw, built, spec.resources, ("resources", rname), doc, f"resource '{rname}': ")
             if ok:
-                res = _construct(cls, kw, ("resources", rname), doc, f"resource '{rname}': ", raw)
+                res = _construct(cls, kw, ("resources", rname), doc, f"resource '{rname}': ", original)
                 if res is not None:
                     built[rname] = res
                     pipe.add_resource(rname, res)
@@ -283,19 +340,23 @@ def _build(data: Any, doc: _Doc) -> Pipeline:
             doc.add(base + ("name",), f"duplicate stage name '{name}' (already used by stage #{seen_names[name] + 1}; names must be unique)")
             continue
         seen_names[name] = i
-        pipe.locations[("stage", name)] = doc.at(base, "")
+        pipe.locations[("stage", name)] = doc.at(base + ("name",), "")
         if stype is None:
             doc.add(base, f"stage '{name}': missing 'type' (see `ragkit stages` for the types)", key=True)
             continue
         if stype not in stypes:
-            doc.add(base + ("type",), f"stage '{name}': unknown stage type '{stype}'{_hint(stype, stypes, 'see `ragkit stages` for the types')}")
+            if isinstance(stype, str) and "." in stype:
+                hint = _dotted_hint("stage")
+            else:
+                hint = _hint(str(stype), stypes, "see `ragkit stages` for the types")
+            doc.add(base + ("type",), f"stage '{name}': unknown stage type '{stype}'{hint}")
             continue
         cls = stypes[stype]
         who = f"stage '{name}': "
-        kw = _validate_params(cls, {k: v for k, v in sdata.items() if k not in _RESERVED}, base, doc, who)
+        kw = _validate_params(cls, {k: v for k, v in sdata.items() if k not in _RESERVED}, base, doc, who, raw)
         if kw is None or not _resolve_refs(cls, kw, built, spec.resources, base, doc, who):
             continue
-        stage = _construct(cls, kw, base, doc, who, raw)
+        stage = _construct(cls, kw, base, doc, who, original)
         if stage is not None:
             try:
                 pipe.add_stage(name, stage)
@@ -308,17 +369,21 @@ def _build(data: Any, doc: _Doc) -> Pipeline:
         path = ("connections", j)
         m = re.fullmatch(r"\s*(\S+)\s*->\s*(\S+)\s*", text)
         if not m:
-            doc.add(path, f"connection {text!r} is not of the form 'stage.output -> stage.input'")
+            doc.add(path, f"connection {text!r} is not of the form 'stage.output -> stage.input' (write e.g. 'schema.text -> querygen.schema_text')")
             continue
         try:
             pipe.connect(m.group(1), m.group(2))
         except ConfigError as e:
             doc.add(path, e.issues[0].message)
     for iname, targets in spec.inputs.items():
-        try:
-            pipe.add_input(iname, *([targets] if isinstance(targets, str) else targets))
-        except ConfigError as e:
-            doc.add(("inputs", iname), e.issues[0].message)
+        listed = [(("inputs", iname), targets)] if isinstance(targets, str) else [(("inputs", iname, k), t) for k, t in enumerate(targets)]
+        if not listed:
+            doc.add(("inputs", iname), f"input '{iname}' feeds no stage (list at least one 'stage.input')")
+        for path, target in listed:  # one by one, so a mistake points at its own list item
+            try:
+                pipe.add_input(iname, target)
+            except ConfigError as e:
+                doc.add(path, e.issues[0].message)
     for oname, src in spec.outputs.items():
         try:
             pipe.add_output(oname, src)
@@ -334,12 +399,14 @@ def _resource_params(cls: type[Component]) -> dict[str, type[Resource]]:
     return {n: p.resource_kind for n, p in cls.params().items() if p.resource_kind is not None}
 
 
-def _validate_params(cls: type[Component], given: dict[str, Any], base: Path_, doc: _Doc, who: str) -> dict[str, Any] | None:
+def _validate_params(
+    cls: type[Component], given: dict[str, Any], base: Path_, doc: _Doc, who: str, raw: dict[Path_, str] | None = None
+) -> dict[str, Any] | None:
     model = params_model(cls)
     try:
         m = model.model_validate(given)
     except ValidationError as e:
-        _report_validation(e, base, doc, who, list(model.model_fields))
+        _report_validation(e, base, doc, who, list(model.model_fields), given, raw)
         return None
     return {k: getattr(m, k) for k in m.model_fields_set}
 
@@ -362,24 +429,55 @@ def _resolve_refs(
             ok = False
             continue
         if not isinstance(res, kind):
-            doc.add(base + (pname,), f"{who}field '{pname}' needs a {kind.__name__} resource, but '{ref}' is {type(res).type_name} (name a resource of the right type)")
+            doc.add(
+                base + (pname,),
+                f"{who}field '{pname}' takes a resource of kind {kind.__name__}, but '{ref}' is of type {type(res).type_name} "
+                f"(name a resource of kind {kind.__name__})",
+            )
             ok = False
             continue
         kw[pname] = res
     return ok
 
 
-def _construct(cls: type[Component], kw: dict[str, Any], base: Path_, doc: _Doc, who: str, raw: dict[Path_, str]) -> Any:
+def _construct(cls: type[Component], kw: dict[str, Any], base: Path_, doc: _Doc, who: str, original: Any) -> Any:
     try:
         obj = cls(**kw)
     except ConfigError as e:
         doc.add(base, who + e.issues[0].message)
         return None
-    except (ValueError, TypeError) as e:
-        doc.add(base, f"{who}{e}")
+    except Exception as e:  # noqa: BLE001  (a plug-in's constructor may raise anything; validate must still report a line)
+        # point at the parameter the constructor complains about when it names one
+        named = next((k for k in kw if re.search(rf"\b{re.escape(k)}\b", str(e))), None)
+        msg = str(e).rstrip(".") if isinstance(e, (ValueError, TypeError)) else f"{type(e).__name__}: {e}"
+        if not msg.endswith(")"):
+            msg += f" (fix '{named}')" if named else " (check this component's parameters)"
+        doc.add(base + (named,) if named else base, f"{who}{msg}")
         return None
-    secret = {path[-1]: text for path, text in raw.items() if path[:-1] == base}
+    # Parameters holding a ${env:...} reference anywhere inside keep their unexpanded text, so
+    # to_yaml() writes the reference back, never the secret.
+    given = _get(original, base)
+    secret = {k: v for k, v in given.items() if k not in _RESERVED and _has_env_ref(v)} if isinstance(given, dict) else {}
     if secret:
         obj._raw_params = secret
     return obj
+
+
+def _get(data: Any, path: Path_) -> Any:
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _has_env_ref(v: Any) -> bool:
+    if isinstance(v, str):
+        return _ENV.search(v) is not None
+    if isinstance(v, dict):
+        return any(_has_env_ref(x) for x in v.values())
+    if isinstance(v, list):
+        return any(_has_env_ref(x) for x in v)
+    return False
 

@@ -98,7 +98,7 @@ class Pipeline:
         if not isinstance(stage, Stage):
             raise ConfigError(f"stage '{name}': {type(stage).__name__} is not a ragkit Stage (subclass ragkit.Stage)")
         if not name or not name.replace("_", "").replace("-", "").isalnum() or "." in name:
-            raise ConfigError(f"stage name {name!r} must use letters, digits, '_' or '-' only")
+            raise ConfigError(f"stage name {name!r} is not valid (use letters, digits, '_' or '-' only)")
         if name in self.stages:
             raise ConfigError(f"duplicate stage name '{name}' (each stage needs its own name)")
         self.stages[name] = stage
@@ -121,13 +121,9 @@ class Pipeline:
         outs = type(self.stages[s_stage]).output_sockets()
         ins = type(self.stages[d_stage]).input_sockets()
         if s_field not in outs:
-            raise ConnectionMismatchError(
-                f"connection {src} -> {dst}: stage '{s_stage}' has no output '{s_field}'{_suggest(s_field, outs)} (outputs: {_names(outs)})"
-            )
+            raise ConnectionMismatchError(f"connection {src} -> {dst}: stage '{s_stage}' has no output '{s_field}'{_hint(s_field, outs, 'outputs')}")
         if d_field not in ins:
-            raise ConnectionMismatchError(
-                f"connection {src} -> {dst}: stage '{d_stage}' has no input '{d_field}'{_suggest(d_field, ins)} (inputs: {_names(ins)})"
-            )
+            raise ConnectionMismatchError(f"connection {src} -> {dst}: stage '{d_stage}' has no input '{d_field}'{_hint(d_field, ins, 'inputs')}")
         s_type, d_type = outs[s_field].type, ins[d_field].type
         if not is_compatible(s_type, d_type):
             raise ConnectionMismatchError(
@@ -137,6 +133,11 @@ class Pipeline:
         for c in self.connections:
             if (c.dst_stage, c.dst_field) == (d_stage, d_field):
                 raise ConnectionMismatchError(f"connection {src} -> {dst}: {dst} is already fed by {c} (an input takes one source)")
+        fed_by = self._input_feeding(d_stage, d_field)
+        if fed_by is not None:
+            raise ConnectionMismatchError(
+                f"connection {src} -> {dst}: {d_stage}.{d_field} is already fed by pipeline input '{fed_by}' (an input takes one source)"
+            )
         if d_stage == s_stage or self._reaches(d_stage, s_stage):
             raise CycleError(
                 f"connection {src} -> {dst} closes a cycle ({d_stage} already feeds {s_stage}); "
@@ -156,7 +157,13 @@ class Pipeline:
                 raise ConfigError(f"input '{name}': no stage named '{st}' (stages: {_names(self.stages)})")
             ins = type(self.stages[st]).input_sockets()
             if f not in ins:
-                raise ConfigError(f"input '{name}': stage '{st}' has no input '{f}'{_suggest(f, ins)} (inputs: {_names(ins)})")
+                raise ConfigError(f"input '{name}': stage '{st}' has no input '{f}'{_hint(f, ins, 'inputs')}")
+            for c in self.connections:
+                if (c.dst_stage, c.dst_field) == (st, f):
+                    raise ConfigError(f"input '{name}': {st}.{f} is already fed by connection {c} (an input takes one source)")
+            fed_by = self._input_feeding(st, f)
+            if fed_by is not None or (st, f) in parsed:
+                raise ConfigError(f"input '{name}': {st}.{f} is already fed by pipeline input '{fed_by or name}' (an input takes one source)")
             parsed.append((st, f))
         self.inputs.setdefault(name, []).extend(parsed)
         return self
@@ -168,11 +175,14 @@ class Pipeline:
             raise ConfigError(f"output '{name}': no stage named '{st}' (stages: {_names(self.stages)})")
         outs = type(self.stages[st]).output_sockets()
         if f not in outs:
-            raise ConfigError(f"output '{name}': stage '{st}' has no output '{f}'{_suggest(f, outs)} (outputs: {_names(outs)})")
+            raise ConfigError(f"output '{name}': stage '{st}' has no output '{f}'{_hint(f, outs, 'outputs')}")
         self.outputs[name] = (st, f)
         return self
 
     # ---- checking -----------------------------------------------------------------------------
+    def _input_feeding(self, stage: str, field: str) -> str | None:
+        return next((n for n, ts in self.inputs.items() if (stage, field) in ts), None)
+
     def _reaches(self, start: str, goal: str) -> bool:
         seen, todo = set(), [start]
         while todo:
@@ -187,17 +197,17 @@ class Pipeline:
 
     def order(self) -> list[str]:
         """Stage names in a topological order (ties kept in insertion order)."""
+        edges = {(c.src_stage, c.dst_stage) for c in self.connections}
         indeg = {n: 0 for n in self.stages}
-        for c in {(c.src_stage, c.dst_stage) for c in self.connections}:
-            indeg[c[1]] += 1
+        for _, d in edges:
+            indeg[d] += 1
         ready = [n for n in self.stages if indeg[n] == 0]
         out: list[str] = []
-        edges = {(c.src_stage, c.dst_stage) for c in self.connections}
         while ready:
             n = ready.pop(0)
             out.append(n)
-            for s, d in sorted(edges):
-                if s == n:
+            for d in self.stages:  # stage order, so ties keep insertion order
+                if (n, d) in edges:
                     indeg[d] -= 1
                     if indeg[d] == 0:
                         ready.append(d)
@@ -266,8 +276,8 @@ class Pipeline:
         Args:
             inputs: values for the declared pipeline inputs (also accepted as keyword arguments).
             on_token: called with each piece of generated text as it is produced (streaming).
-            stream_stage: stream only this stage's tokens (default: the stage feeding the declared
-                outputs when there is one, else every stage).
+            stream_stage: stream only this stage's tokens (default: the stage behind the 'answer'
+                output, else the one stage feeding the declared outputs, else every stage).
             on_stage: called with each stage's name and output as soon as it finishes.
 
         Returns:
@@ -326,7 +336,11 @@ class Pipeline:
                         raise err from e
                 expected = type(stage).output_type()
                 if expected is not None and not isinstance(out, expected):
-                    raise PipelineError(f"stage '{name}' returned {type(out).__name__}, not its declared {expected.__name__}")
+                    st.error = f"returned {type(out).__name__}, not {expected.__name__}"
+                    trace.seconds = time.perf_counter() - start
+                    err = PipelineError(f"stage '{name}' returned {type(out).__name__}, not its declared {expected.__name__} (fix its run method)")
+                    err.trace = trace  # type: ignore[attr-defined]
+                    raise err
                 stage_outputs[name] = out
                 if on_stage is not None:
                     on_stage(name, out)
@@ -339,6 +353,10 @@ class Pipeline:
         return PipelineResult(outputs=outputs, stage_outputs=stage_outputs, trace=trace)
 
     def _default_stream_stage(self) -> str | None:
+        # The stage behind the 'answer' output is what a caller wants streamed; other stages (a query
+        # generator, say) may generate too, and their tokens must not be mixed into the answer.
+        if "answer" in self.outputs:
+            return self.outputs["answer"][0]
         srcs = {s for s, _ in self.outputs.values()}
         return next(iter(srcs)) if len(srcs) == 1 else None
 
@@ -458,8 +476,10 @@ def _names(d: Any) -> str:
     return ", ".join(d) if d else "none"
 
 
-def _suggest(word: str, options: Any) -> str:
+def _hint(word: str, options: Any, what: str) -> str:
+    """`` (did you mean 'x'? inputs: a, b)`` or `` (inputs: a, b)``."""
     import difflib
 
     m = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean '{m[0]}'?)" if m else ""
+    guess = f"did you mean '{m[0]}'? " if m else ""
+    return f" ({guess}{what}: {_names(options)})"

@@ -217,7 +217,8 @@ _CYPHER_TOKEN = re.compile(
 # Tokens after which "." is a property lookup or a namespace separator, not the end of a number.
 _CYPHER_LOOKUP_BASE = frozenset({")", "]", "}", "{", ","})
 
-_parse_lock = threading.Lock()
+SPARQL_PARSE_LOCK = threading.Lock()
+"""Held while rdflib's (not thread-safe) SPARQL parser runs; take it around any other rdflib parse."""
 
 
 # -- public API --------------------------------------------------------------------------------
@@ -384,7 +385,7 @@ def _confirm_sparql_parses(query: str) -> None:
     except ImportError:
         return
     try:
-        with _parse_lock:  # pyparsing grammars keep shared state
+        with SPARQL_PARSE_LOCK:  # pyparsing grammars keep shared state
             parseQuery(query)
     except RecursionError:
         # rdflib's recursive-descent parser runs out of stack at roughly 80 triple patterns in

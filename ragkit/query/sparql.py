@@ -6,7 +6,7 @@ import re
 import threading
 from typing import Any
 
-__all__ = ["extract_query", "add_missing_prefixes", "parse_error"]
+__all__ = ["extract_query", "add_missing_prefixes", "parse_error", "unbound_variables"]
 
 _START = re.compile(r"(?is)\b(PREFIX|BASE|SELECT|ASK|CONSTRUCT|DESCRIBE)\b")
 _FENCE = re.compile(r"```(?:sparql|SPARQL|cypher|sql)?\s*\n?(.*?)(?:```|$)", re.S)
@@ -99,3 +99,37 @@ def parse_error(query: str) -> str | None:
     except (OSError, ValueError) as e:
         return str(e)
     return None
+
+
+def _strip_literals(query: str) -> str:
+    query = re.sub(r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'', '""', query)
+    query = re.sub(r"<[^<>\s]*>", "<>", query)
+    return re.sub(r"#[^\n]*", "", query)
+
+
+def unbound_variables(query: str) -> list[str]:
+    """Variables a SELECT projects (directly or inside an expression) that the WHERE block never binds.
+
+    Such a query runs but answers with empty cells: a typical small-model mistake worth repairing.
+    """
+    q = _strip_literals(query)
+    m = re.search(r"(?is)\bSELECT\b(.*?)(?:\bWHERE\b|\{)", q)
+    if not m or "*" in m.group(1):
+        return []
+    head, body = m.group(1), q[m.end() :]
+    needed: list[str] = []
+    depth, alias_next = 0, False
+    for tok in re.findall(r"\(|\)|[?$]\w+|\bAS\b|[^\s()?$]+", head, flags=re.I):
+        if tok == "(":
+            depth += 1
+        elif tok == ")":
+            depth -= 1
+        elif tok.upper() == "AS" and depth == 1:
+            alias_next = True
+        elif tok[0] in "?$":
+            if alias_next:
+                alias_next = False
+            else:
+                needed.append(tok[1:])
+    bound = {v[1:] for v in re.findall(r"[?$]\w+", body)}
+    return sorted({v for v in needed if v not in bound})

@@ -26,6 +26,7 @@ __all__ = [
     "SchemaProperty",
     "QueryResult",
     "QueryLanguage",
+    "GraphValue",
     "DEFAULT_TIMEOUT",
     "DEFAULT_ROW_LIMIT",
 ]
@@ -90,6 +91,16 @@ def _is_local_name(s: str) -> bool:
     return bool(s) and all(ch.isalnum() or ch in "_-" for ch in s) and not s[0].isdigit() and not s[0] == "-"
 
 
+class GraphValue(_Frozen):
+    """A string value stored in the graph, with where it occurs (for linking question mentions)."""
+
+    text: str
+    property: str
+    """The predicate IRI (RDF) or property key (property graph) holding the value."""
+    cls: str | None = None
+    """A class IRI / node label of the resources carrying it."""
+
+
 class QueryResult(_Frozen):
     """Rows a query returned, as plain JSON-able values (RDF terms become their lexical form or IRI)."""
 
@@ -120,6 +131,7 @@ class GraphStore(Resource):
         self.timeout = timeout
         self.row_limit = row_limit
         self._schema_cache: tuple[str, GraphSchema] | None = None
+        self._values_cache: tuple[str, list[GraphValue]] | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
@@ -155,8 +167,29 @@ class GraphStore(Resource):
         self._schema_cache = (fp, schema)
         return schema
 
+    def values(self, *, max_values: int = 200_000, max_chars: int = 80) -> list[GraphValue]:
+        """Short string values in the graph (names, titles, labels), cached until the data changes.
+
+        Used to link the entities a question mentions to what the graph really stores. Stores that
+        cannot list values return an empty list, and linking then finds nothing.
+        """
+        self.warm_up()
+        fp = self.fingerprint()
+        if self._values_cache is not None and self._values_cache[0] == fp:
+            return self._values_cache[1]
+        try:
+            vals = self._with_timeout(lambda: self._values(max_values, max_chars), max(self.timeout, 120.0), "<value listing>")
+        except NotImplementedError:
+            logger.info("%s cannot list its values; entity linking is off for it", type(self).__name__)
+            vals = []
+        self._values_cache = (fp, vals)
+        return vals
+
     def fingerprint(self) -> str:
         """A string that changes whenever the data changes (used to key caches and example banks)."""
+        raise NotImplementedError
+
+    def _values(self, max_values: int, max_chars: int) -> list[GraphValue]:
         raise NotImplementedError
 
     # -- for subclasses -------------------------------------------------------------------------

@@ -61,7 +61,7 @@ from ragkit.stores.loaders import CYPHER_SUFFIXES, cypher_name, is_schema_statem
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PropertyGraphStore", "Neo4jStore", "KgliteStore", "EmbeddedCypherStore", "cypher_type_name"]
+__all__ = ["EmbeddedCypherStore", "KgliteStore", "Neo4jStore", "PropertyGraphStore", "cypher_type_name"]
 
 _INTROSPECTION_LIMIT = 10_000_000
 # The time-out of the query running in this worker thread (set by PropertyGraphStore._with_timeout),
@@ -371,7 +371,8 @@ class Neo4jStore(PropertyGraphStore):
             with self._driver.session(
                 database=self.database, default_access_mode=neo4j.READ_ACCESS, fetch_size=max(1, min(limit + 1, 1000))
             ) as session:
-                return session.execute_read(neo4j.unit_of_work(timeout=timeout)(work))
+                out: tuple[tuple[str, ...], list[tuple[Any, ...]], bool] = session.execute_read(neo4j.unit_of_work(timeout=timeout)(work))
+                return out
         except RagkitError:
             raise
         except Exception as e:
@@ -385,7 +386,7 @@ class Neo4jStore(PropertyGraphStore):
         where = self._where()
         if isinstance(e, nx.AuthError) or ".Security.Unauthorized" in code or ".Security.AuthenticationRateLimit" in code:
             return StoreUnavailableError(f"Neo4j at {where} refused the login of user {self.username!r} (check the username and password)")
-        if isinstance(e, (nx.ServiceUnavailable, nx.SessionExpired)) or isinstance(e, OSError):
+        if isinstance(e, (nx.ServiceUnavailable, nx.SessionExpired, OSError)):
             return StoreUnavailableError(f"cannot reach Neo4j at {where}: {msg} (check that the server is running and that 'uri' is right)")
         if "TransactionTimedOut" in code or "Transaction.Terminated" in code or "TransactionTerminated" in code:
             return QueryTimeoutError(
@@ -399,7 +400,7 @@ class Neo4jStore(PropertyGraphStore):
             return ReadOnlyViolationError(f"the server refused to write in a read-only transaction: {msg}", query=query, details=[msg])
         if isinstance(e, nx.ClientError) or code.startswith("Neo.ClientError.Statement"):
             return QueryError(f"the query cannot run: {msg}", query=query, details=[msg])
-        if isinstance(e, nx.Neo4jError) or isinstance(e, nx.DriverError):
+        if isinstance(e, (nx.Neo4jError, nx.DriverError)):
             return StoreError(f"Neo4j at {where} failed: {msg}")
         return StoreError(f"Neo4j at {where} failed: {type(e).__name__}: {msg}")
 
@@ -468,7 +469,7 @@ class KgliteStore(PropertyGraphStore):
         from ragkit.stores.rdf import RDF_FORMATS
 
         super().__init__(timeout=timeout, row_limit=row_limit)
-        self.paths = [path] if isinstance(path, str) else list(path or [])
+        self.paths = [os.fspath(path)] if isinstance(path, (str, os.PathLike)) else [os.fspath(p) for p in path or []]
         if not self.paths:
             raise ValueError("give 'path': a Cypher script (.cypher) or an RDF file (.ttl, .nt, ...) to load")
         for p in self.paths:
@@ -579,7 +580,14 @@ class KgliteStore(PropertyGraphStore):
 
     # -- introspection: kglite knows exactly what each type stores ----------------------------------
     def _stored_keys(self, kind: str, name: str) -> set[str] | None:
-        return (self._node_keys if kind == "node" else self._rel_keys).get(name)
+        if kind != "node":
+            return self._rel_keys.get(name)
+        if name in self._node_keys:
+            return self._node_keys[name]
+        # a secondary label: its nodes store what their primary labels store
+        rows = self._select(f"MATCH (n:{cypher_name(name)}) RETURN DISTINCT labels(n) AS l")
+        known = [self._node_keys[str(lab)] for (labels,) in rows for lab in labels or () if str(lab) in self._node_keys]
+        return set().union(*known) if known else None
 
 
 EmbeddedCypherStore = KgliteStore

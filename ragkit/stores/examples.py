@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from ragkit.core.component import Resource, register_resource
 from ragkit.errors import InputError, MissingDependencyError
 from ragkit.models.base import Embedder
+from ragkit.query.text import question_skeleton
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,9 @@ class ExampleBank(Resource):
     Args:
         path: a JSON Lines bank file.
         embedder: the embedder resource used for questions.
+        mask_entities: compare question skeletons (names, quoted strings and numbers masked, see
+            :func:`~ragkit.query.text.question_skeleton`) instead of raw questions, so examples are
+            found by what they ask rather than by which entity they name.
 
     Example:
         >>> from ragkit.testing import HashingEmbedder
@@ -79,20 +83,21 @@ class ExampleBank(Resource):
         2
     """
 
-    def __init__(self, path: str | None = None, embedder: Embedder | None = None) -> None:
+    def __init__(self, path: str | None = None, embedder: Embedder | None = None, mask_entities: bool = True) -> None:
         if embedder is None:
             raise ValueError("an example bank needs an 'embedder' resource")
         self.path = path
         self.embedder = embedder
+        self.mask_entities = mask_entities
         self._examples: list[QueryExample] = []
         self._vectors: Any = None
         self._index: Any = None
         self._given: list[QueryExample] | None = None
 
     @classmethod
-    def from_examples(cls, examples: Iterable[tuple[str, str] | QueryExample], embedder: Embedder) -> ExampleBank:
+    def from_examples(cls, examples: Iterable[tuple[str, str] | QueryExample], embedder: Embedder, mask_entities: bool = True) -> ExampleBank:
         """A bank over in-memory examples (no file), e.g. one built per question by ``ragkit eval``."""
-        bank = cls(path=None, embedder=embedder)
+        bank = cls(path=None, embedder=embedder, mask_entities=mask_entities)
         bank._given = [e if isinstance(e, QueryExample) else QueryExample(question=e[0], query=e[1]) for e in examples]
         return bank
 
@@ -110,10 +115,13 @@ class ExampleBank(Resource):
         if not self._examples:
             self._index = None
             return
-        vecs = self.embedder.embed([e.question for e in self._examples])
+        vecs = self.embedder.embed([self._key(e.question) for e in self._examples])
         self._vectors = vecs
         self._index = faiss.IndexFlatIP(vecs.shape[1])
         self._index.add(vecs)
+
+    def _key(self, question: str) -> str:
+        return question_skeleton(question) if self.mask_entities else question
 
     def __len__(self) -> int:
         self.warm_up()
@@ -138,7 +146,7 @@ class ExampleBank(Resource):
         self.warm_up()
         if self._index is None or k <= 0:
             return []
-        q = self.embedder.embed([question])
+        q = self.embedder.embed([self._key(question)])
         n = min(max(fetch, k), len(self._examples))
         sims, ids = self._index.search(q, n)
         cand = [int(i) for i in ids[0] if i >= 0]

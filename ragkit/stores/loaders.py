@@ -30,13 +30,14 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CYPHER_SUFFIXES",
-    "split_cypher_statements",
+    "cypher_name",
+    "cypher_string",
     "is_schema_statement",
     "load_cypher_script",
-    "rdf_to_cypher",
-    "cypher_string",
-    "cypher_name",
     "local_name",
+    "rdf_to_cypher",
+    "read_script",
+    "split_cypher_statements",
 ]
 
 CYPHER_SUFFIXES = (".cypher", ".cql", ".cyp")
@@ -253,7 +254,9 @@ def read_script(path: str | Path) -> list[tuple[int, str]]:
         return _split_with_lines(rdf_to_cypher(p))
     if suffix in CYPHER_SUFFIXES:
         return _split_with_lines(p.read_text(encoding="utf-8"))
-    raise InputError(f"cannot tell what {str(path)!r} holds (use a Cypher script: {', '.join(CYPHER_SUFFIXES)}; or RDF: {', '.join(RDF_FORMATS)})")
+    raise InputError(
+        f"cannot tell what {str(path)!r} holds (use a Cypher script: {', '.join(CYPHER_SUFFIXES)}; or RDF: {', '.join(RDF_FORMATS)})"
+    )
 
 
 # ---- Cypher literals --------------------------------------------------------------------------
@@ -383,8 +386,8 @@ def _iter_triples(path: Path) -> Iterable[tuple[str, str, str, str | None, bool]
 
     def term(t: Any) -> str:
         if isinstance(t, ox.BlankNode):
-            return "_:" + t.value
-        return t.value
+            return "_:" + str(t.value)
+        return str(t.value)
 
     try:
         for q in ox.parse(path=str(path), format=fmt):

@@ -20,7 +20,16 @@ from typing import Any, ClassVar
 
 from ragkit.core.component import register_resource
 from ragkit.errors import InputError, MissingDependencyError, QueryParseError, StoreError
-from ragkit.stores.base import DEFAULT_ROW_LIMIT, DEFAULT_TIMEOUT, GraphSchema, GraphStore, QueryResult, SchemaClass, SchemaProperty
+from ragkit.stores.base import (
+    DEFAULT_ROW_LIMIT,
+    DEFAULT_TIMEOUT,
+    GraphSchema,
+    GraphStore,
+    GraphValue,
+    QueryResult,
+    SchemaClass,
+    SchemaProperty,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +120,14 @@ class RdfStore(GraphStore):
                 )
             )
         return GraphSchema(language="sparql", classes=out_classes, properties=tuple(out_props), prefixes=self._prefixes(out_classes, out_props))
+
+    def _values(self, max_values: int, max_chars: int) -> list[GraphValue]:
+        rows = self._select(
+            "SELECT ?v ?p (SAMPLE(?c) AS ?cls) WHERE { ?s ?p ?v . "
+            f"FILTER(isLiteral(?v) && STRLEN(STR(?v)) <= {max_chars} && (DATATYPE(?v) = <{XSD}string> || LANG(?v) != \"\")) "
+            f"OPTIONAL {{ ?s a ?c }} }} GROUP BY ?v ?p LIMIT {max_values}"
+        )
+        return [GraphValue(text=str(v), property=str(p), cls=c) for v, p, c in rows if v]
 
     def _prefixes(self, classes: tuple[SchemaClass, ...], props: list[SchemaProperty]) -> dict[str, str]:
         """Well-known prefixes plus one per namespace that the graph's own terms live in."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import threading
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -59,11 +58,8 @@ _BOOLEAN = XSD + "boolean"
 _DECIMAL_QUANTUM = Decimal(1).scaleb(-18)
 
 # rdflib parses SPARQL with pyparsing, which is not thread-safe (RDFLib/rdflib#1282), and the
-# read-only guard parses with rdflib too, in the caller's thread: share its lock when it has one.
-try:
-    from ragkit.query.guard import _parse_lock as _PARSE_LOCK
-except ImportError:  # pragma: no cover - the guard without a lock
-    _PARSE_LOCK = threading.Lock()
+# read-only guard parses with rdflib too, in the caller's thread: both take the same lock.
+from ragkit.query.guard import SPARQL_PARSE_LOCK as _PARSE_LOCK  # noqa: E402
 
 
 @register_resource("rdflib_store")
@@ -172,8 +168,6 @@ class RdflibStore(RdfStore):
                     break
                 triples.append((_lexical(s), _lexical(p), _lexical(o)))
             return QueryResult(columns=("subject", "predicate", "object"), rows=tuple(triples), truncated=truncated)
-        except (QueryParseError, ReadOnlyViolationError):
-            raise
         except Exception as e:
             raise StoreError(f"SPARQL evaluation failed in rdflib: {e}") from None
 

@@ -380,7 +380,8 @@ class _JsonStream:
             size *= 2
 
     def fail(self) -> NoReturn:
-        self._fill()
+        if self._pos >= len(self._buf):  # show what follows, without waiting on a stalled server
+            self._fill()
         raise _BadJson(" ".join(self._buf[self._pos : self._pos + 300].split()))
 
 

@@ -65,6 +65,11 @@ def _short(v: Any) -> str:
     return s if len(s) <= 200 else s[:197] + "..."
 
 
+def _has_values(rows: tuple[tuple[Any, ...], ...]) -> bool:
+    """Rows with at least one bound value (a row of nulls, e.g. from an unbound variable, is no answer)."""
+    return any(v is not None for r in rows for v in r)
+
+
 def _key(rows: tuple[tuple[Any, ...], ...]) -> tuple[tuple[str, ...], ...]:
     return tuple(sorted(tuple(sorted(str(x) for x in r)) for r in rows))
 
@@ -123,10 +128,10 @@ class GraphQueryRetriever(Stage):
             return GraphContext(
                 query=generated.query, columns=[], rows=[], error=errors[0] if errors else "no candidate query", confidence=0.0, tried=len(errors)
             )
-        nonempty = [(c, r) for c, r in results if r.rows]
+        nonempty = [(c, r) for c, r in results if _has_values(r.rows)]
         chosen, res = (nonempty or results)[0]
         agree = sum(_key(r.rows) == _key(res.rows) for _, r in results) / len(results)
-        base = 0.9 if res.rows else 0.25
+        base = 0.9 if _has_values(res.rows) else 0.25
         confidence = base * (0.6 + 0.4 * agree) if len(results) > 1 else base * 0.8
         return GraphContext(
             query=chosen.query,

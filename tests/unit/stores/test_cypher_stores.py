@@ -355,7 +355,7 @@ def test_schema_statement_detection() -> None:
 
 
 def test_scripts_with_tricky_strings_round_trip(tmp_path: Path) -> None:
-    tricky = "It's \"quoted\"; back\\slash\nnew line\ttab"
+    tricky = 'It\'s "quoted"; back\\slash\nnew line\ttab'
     script = tmp_path / "t.cypher"
     script.write_text(
         "CREATE INDEX IF NOT EXISTS FOR (a:A) ON (a.s);\n"
@@ -389,7 +389,10 @@ def test_rdf_to_cypher_mapping() -> None:
     assert script == rdf_to_cypher(GRAPH)  # deterministic
     statements = split_cypher_statements(script)
     assert "CREATE INDEX IF NOT EXISTS FOR (n:Author) ON (n.iri)" in statements
-    assert "(:Book {iri: 'http://example.org/library/book_the_glass_orchard', name: 'The Glass Orchard', pageCount: 412, publicationYear: 1979, rating: 4.6})" in script
+    assert (
+        "(:Book {iri: 'http://example.org/library/book_the_glass_orchard', name: 'The Glass Orchard', pageCount: 412, publicationYear: 1979, rating: 4.6})"
+        in script
+    )
     assert "CREATE (a)-[:bornIn]->(b)" in script
     assert ":Class" not in script and "ObjectProperty" not in script
     assert local_name("http://example.org/library/bornIn") == "bornIn"
@@ -412,6 +415,9 @@ def test_rdf_to_cypher_types_lists_and_untyped_resources(tmp_path: Path) -> None
     assert rows == (("A", True, "2020-01-02", ["x", "y"], "http://ex.org/a", "kept"),)
     assert s.query("MATCH (:Thing)-[:link]->(b:Resource) RETURN b.iri").rows == (("http://ex.org/b",),)
     assert s.query("MATCH (:Thing)-[:to]->(b) RETURN b.name, b.iri STARTS WITH '_:'").rows == (("blank", True),)
+    keys = {(p.domains[0], p.name) for p in s.schema().properties if p.kind == "node_property"}
+    assert {("Thing", "name"), ("Other", "flag"), ("Resource", "iri")} <= keys
+    assert not {k for _, k in keys} & {"id", "title", "type"}  # also for the secondary label
     s.close()
 
 

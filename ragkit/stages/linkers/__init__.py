@@ -1,0 +1,1 @@
+"""ragkit.stages.linkers: linking question mentions to graph values."""

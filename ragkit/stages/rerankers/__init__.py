@@ -1,0 +1,1 @@
+"""Rerankers: confidence scoring, calibration, graph/passage fusion, coverage-aware selection, abstention."""

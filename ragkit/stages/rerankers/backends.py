@@ -1,0 +1,204 @@
+"""Relevance scorers behind the confidence reranker: each turns (question, passages) into raw scores.
+
+* :class:`BiEncoderScorer` (``bi_encoder``, the default): cosine similarity of the embedder's vectors.
+  Needs no extra weights.
+* :class:`QueryLikelihoodScorer` (``query_likelihood``): mean log-probability of the question's tokens
+  given the passage under a local causal LM (the UPR idea: a passage that makes the question likely
+  is relevant).
+* :class:`CrossEncoderScorer` (``cross_encoder``): a sentence-transformers cross-encoder loaded from any
+  local folder; raw logits.
+
+Raw scores live on different scales; :mod:`ragkit.stages.rerankers.calibration` maps them to
+probabilities. ``DEFAULT_CALIBRATION`` holds the uncalibrated fall-back per backend: a fixed logistic
+curve placed where the scale's "relevant" region usually starts. Fit a calibration on labelled data
+before trusting these numbers as probabilities.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ragkit.core.metrics import current_recorder
+from ragkit.errors import MissingDependencyError, ModelError
+from ragkit.models.base import LLM, Embedder
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RelevanceScorer", "BiEncoderScorer", "QueryLikelihoodScorer", "CrossEncoderScorer", "DEFAULT_CALIBRATION"]
+
+DEFAULT_CALIBRATION: dict[str, tuple[float, float]] = {
+    # p = sigmoid(a * score + b). Cosine 0.45 -> 0.5; mean log-prob -2.5 -> 0.5; logit 0 -> 0.5.
+    "bi_encoder": (12.0, -5.4),
+    "query_likelihood": (2.0, 5.0),
+    "cross_encoder": (1.0, 0.0),
+}
+
+_CE_LOADED: dict[tuple[str, str], Any] = {}
+_CE_LOCK = threading.Lock()
+
+
+class RelevanceScorer:
+    """Scores passages for a question; higher is more relevant. ``name`` keys the calibration."""
+
+    name = ""
+
+    def warm_up(self) -> None:
+        """Load what scoring needs (idempotent)."""
+
+    def score(self, question: str, texts: Sequence[str]) -> Any:
+        """A float numpy array, one raw score per text."""
+        raise NotImplementedError
+
+
+class BiEncoderScorer(RelevanceScorer):
+    """Cosine similarity between the question's and each text's embedding."""
+
+    name = "bi_encoder"
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+
+    def warm_up(self) -> None:
+        self.embedder.warm_up()
+
+    def score(self, question: str, texts: Sequence[str]) -> Any:
+        import numpy as np
+
+        if not texts:
+            return np.zeros(0, dtype="float32")
+        vecs = self.embedder.embed([question, *texts])
+        return (vecs[1:] @ vecs[0]).astype("float32")
+
+    def vectors(self, texts: Sequence[str]) -> Any:
+        """Unit vectors of ``texts`` (used for redundancy between selected items)."""
+        return self.embedder.embed(list(texts))
+
+
+class QueryLikelihoodScorer(RelevanceScorer):
+    """Mean log p(question | passage) under a local causal LM.
+
+    Args:
+        llm: a ``local_llm`` resource (its transformers model is used directly).
+        batch_size: passages per forward pass.
+        max_passage_tokens: passage tokens kept (from the start) so long passages do not dominate cost.
+        template: the text before the question; ``{passage}`` is replaced.
+    """
+
+    name = "query_likelihood"
+    TEMPLATE = "Passage: {passage}\nPlease write a question based on this passage.\nQuestion:"
+
+    def __init__(self, llm: LLM, batch_size: int = 8, max_passage_tokens: int = 256, template: str = TEMPLATE) -> None:
+        self.llm = llm
+        self.batch_size = batch_size
+        self.max_passage_tokens = max_passage_tokens
+        self.template = template
+
+    def warm_up(self) -> None:
+        self.llm.warm_up()
+        if not hasattr(self.llm, "hf_model") or not hasattr(self.llm, "tokenizer"):
+            raise ModelError(
+                f"the query_likelihood backend needs a transformers model (a local_llm resource), not {type(self.llm).__name__}"
+            )
+
+    def score(self, question: str, texts: Sequence[str]) -> Any:
+        import numpy as np
+        import torch
+
+        self.warm_up()
+        if not texts:
+            return np.zeros(0, dtype="float32")
+        tok, model = self.llm.tokenizer, self.llm.hf_model  # type: ignore[attr-defined]
+        q_ids = tok(" " + question.strip(), add_special_tokens=False)["input_ids"]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        out: list[float] = []
+        n_tokens = 0
+        for i in range(0, len(texts), self.batch_size):
+            seqs, starts = [], []
+            for t in texts[i : i + self.batch_size]:
+                p_ids = tok(t, add_special_tokens=False)["input_ids"][: self.max_passage_tokens]
+                pre, post = self.template.split("{passage}", 1)
+                prefix = tok(pre, add_special_tokens=False)["input_ids"] + p_ids + tok(post, add_special_tokens=False)["input_ids"]
+                if tok.bos_token_id is not None and getattr(tok, "add_bos_token", False):
+                    prefix = [tok.bos_token_id, *prefix]
+                seqs.append(prefix + q_ids)
+                starts.append(len(prefix))
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for r, s in enumerate(seqs):
+                ids[r, : len(s)] = torch.tensor(s)
+                mask[r, : len(s)] = 1
+            n_tokens += int(mask.sum())
+            with torch.inference_mode():
+                hidden = model.base_model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).last_hidden_state
+                # Only the question's positions go through the LM head: full-vocabulary logits for
+                # every passage token would cost gigabytes for a batch.
+                rows = torch.cat([torch.full((len(q_ids),), r) for r in range(len(seqs))])
+                cols = torch.cat([torch.arange(st - 1, st - 1 + len(q_ids)) for st in starts])
+                logits = model.get_output_embeddings()(hidden[rows, cols]).float()
+                logp = torch.log_softmax(logits, dim=-1)
+                target = torch.tensor(q_ids * len(seqs), device=logp.device)
+                tok_lp = logp.gather(1, target[:, None])[:, 0].view(len(seqs), len(q_ids))
+            out.extend(tok_lp.mean(dim=1).tolist())
+        rec = current_recorder()
+        if rec is not None:
+            rec.add_tokens(tokens_in=n_tokens)
+        return np.asarray(out, dtype="float32")
+
+
+class CrossEncoderScorer(RelevanceScorer):
+    """A sentence-transformers cross-encoder from a local folder; raw (pre-sigmoid) scores.
+
+    Args:
+        model: a local folder holding a cross-encoder (a sequence-classification model with one label).
+        device: ``auto``, ``cpu``, ``cuda``...
+        batch_size: pairs per forward pass.
+        max_length: tokens per (question, passage) pair; None keeps the model's own limit.
+    """
+
+    name = "cross_encoder"
+
+    def __init__(self, model: str, device: str = "auto", batch_size: int = 32, max_length: int | None = 512) -> None:
+        self.model_path = model
+        self.device = device
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self._model: Any = None
+
+    def warm_up(self) -> None:
+        if self._model is not None:
+            return
+        try:
+            import torch
+            from sentence_transformers import CrossEncoder
+        except ImportError:
+            raise MissingDependencyError("sentence-transformers", "models", "the cross-encoder reranker") from None
+        folder = Path(self.model_path).expanduser()
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"cross-encoder folder {folder} has no config.json (give a local sentence-transformers cross-encoder folder)")
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
+        key = (str(folder.resolve()), device)
+        with _CE_LOCK:
+            if key not in _CE_LOADED:
+                try:
+                    _CE_LOADED[key] = CrossEncoder(str(folder), device=device, local_files_only=True, max_length=self.max_length)
+                except Exception as e:
+                    raise ModelError(f"could not load the cross-encoder in {folder}: {e}") from e
+            self._model = _CE_LOADED[key]
+
+    def score(self, question: str, texts: Sequence[str]) -> Any:
+        import numpy as np
+        import torch
+
+        self.warm_up()
+        if not texts:
+            return np.zeros(0, dtype="float32")
+        raw = self._model.predict(
+            [(question, t) for t in texts], batch_size=self.batch_size, activation_fn=torch.nn.Identity(), show_progress_bar=False, convert_to_numpy=True
+        )
+        raw = np.asarray(raw, dtype="float32")
+        return raw[:, -1] if raw.ndim == 2 else raw
