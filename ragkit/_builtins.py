@@ -21,6 +21,7 @@ _MODULES = [
     "ragkit.stages.retrievers.examples",
     "ragkit.stages.retrievers.graph",
     "ragkit.stages.querygen.sparql",
+    "ragkit.stages.querygen.cypher",
     "ragkit.stages.prompts.builder",
     "ragkit.stages.generators.local",
 ]

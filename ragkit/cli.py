@@ -264,6 +264,104 @@ def stages(show_resources: bool, as_json: bool) -> None:
                 click.echo(f"    {key}: {', '.join(row[key]) or '-'}")
 
 
+@cli.command("eval")
+@click.argument("pipeline_files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dataset", required=True, type=click.Path(file_okay=False, path_type=Path), help="A dataset folder (KGQA or text QA layout).")
+@click.option(
+    "--predictions",
+    type=click.Path(path_type=Path),
+    help="Predictions JSONL (one pipeline) or a folder (several). Default: eval-out/<dataset>/<pipeline>.jsonl. Reused to resume.",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N questions.")
+@click.option("--per-graph", type=click.IntRange(min=1), help="KGQA: only the first N questions of each graph (a stratified slice).")
+@click.option("--graphs", help="Comma-separated graph names to evaluate (KGQA).")
+@click.option("--skip-answer", is_flag=True, help="KGQA: stop after the query's rows (no answer generation).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures as JSON here.")
+@_guard
+def eval_cmd(
+    pipeline_files: tuple[Path, ...],
+    dataset: Path,
+    predictions: Path | None,
+    limit: int | None,
+    per_graph: int | None,
+    graphs: str | None,
+    skip_answer: bool,
+    report_path: Path | None,
+) -> None:
+    """Evaluate one or more pipeline files on a dataset and print their figures side by side.
+
+    KGQA folders (questions.jsonl + graphs/) are scored by execution accuracy and answer-set F1
+    under the query-disjoint few-shot protocol; an interrupted run resumes from its predictions.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ragkit.eval.kgqa import evaluate_kgqa
+
+    if not dataset.is_dir():
+        raise UserError(f"dataset folder {dataset} does not exist")
+    if (dataset / "corpus.jsonl").is_file():
+        raise UserError(f"{dataset} is a text QA folder; this ragkit evaluates KGQA folders (questions.jsonl + graphs/)")
+    if len(pipeline_files) > 1 and predictions is not None and predictions.suffix == ".jsonl":
+        raise UserError("with several pipelines, --predictions must be a folder")
+    reports = []
+    console = Console(stderr=True)
+    for pf in pipeline_files:
+        if predictions is None:
+            pred = Path("eval-out") / dataset.name / f"{pf.stem}.jsonl"
+        elif len(pipeline_files) > 1 or predictions.is_dir():
+            pred = predictions / f"{pf.stem}.jsonl"
+        else:
+            pred = predictions
+        with Progress(
+            TextColumn(f"[bold]{pf.stem}[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True
+        ) as bar:
+            task = bar.add_task("eval", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            rep = evaluate_kgqa(
+                pf,
+                dataset,
+                pred,
+                limit=limit,
+                per_graph=per_graph,
+                graphs=graphs.split(",") if graphs else None,
+                skip_answer=skip_answer,
+                progress=progress,
+            )
+        rep.extra["predictions"] = str(pred)
+        reports.append(rep)
+    _print_kgqa_reports(reports)
+    if report_path is not None:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(json.dumps([r.to_dict() for r in reports], indent=2, default=str) + "\n")
+
+
+def _print_kgqa_reports(reports: list[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"KGQA evaluation on {reports[0].dataset}", title_justify="left")
+    for col in ("pipeline", "n", "exec. accuracy [95% CI]", "answer F1", "valid queries", "latency p50", "p95", "tokens in/out", "predictions"):
+        t.add_column(col)
+    for r in reports:
+        lo, hi = r.execution_accuracy_ci
+        t.add_row(
+            Path(r.pipeline).stem,
+            str(r.n),
+            f"{r.execution_accuracy:.1%} [{lo:.1%}, {hi:.1%}]",
+            f"{r.answer_f1:.3f}",
+            f"{r.valid_query_rate:.1%}",
+            _fmt_s(r.latency_p50),
+            _fmt_s(r.latency_p95),
+            f"{r.tokens_in}/{r.tokens_out}",
+            r.extra.get("predictions", ""),
+        )
+    Console(soft_wrap=False, width=160).print(t)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``ragkit`` console script."""
     cli.main(args=argv, prog_name="ragkit", standalone_mode=True)

@@ -240,6 +240,35 @@ class Pipeline:
         if issues:
             raise ConfigError(issues)
 
+    def upstream(self, *outputs: str) -> Pipeline:
+        """A pipeline of the stages the named outputs depend on (sharing the same stage objects).
+
+        ``ragkit eval --skip-answer`` uses it to measure generated queries without generating answers.
+        """
+        unknown = [o for o in outputs if o not in self.outputs]
+        if unknown:
+            raise ConfigError(f"no pipeline output(s) {unknown} (outputs: {_names(self.outputs)})")
+        need = {self.outputs[o][0] for o in outputs}
+        todo = list(need)
+        while todo:
+            n = todo.pop()
+            for c in self.connections:
+                if c.dst_stage == n and c.src_stage not in need:
+                    need.add(c.src_stage)
+                    todo.append(c.src_stage)
+        sub = Pipeline(name=self.name, description=self.description)
+        for n, st in self.stages.items():
+            if n in need:
+                sub.stages[n] = st
+        sub.resources = dict(self.resources)
+        sub.connections = [c for c in self.connections if c.src_stage in need and c.dst_stage in need]
+        for name, targets in self.inputs.items():
+            kept = [t for t in targets if t[0] in need]
+            if kept:
+                sub.inputs[name] = kept
+        sub.outputs = {o: self.outputs[o] for o in outputs}
+        return sub
+
     # ---- lifecycle ----------------------------------------------------------------------------
     def warm_up(self) -> None:
         """Warm up every resource and stage once (loads models, opens indexes, connects to stores)."""

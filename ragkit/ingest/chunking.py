@@ -98,8 +98,8 @@ class TextChunker:
     def __init__(self, chunk_tokens: int = 200, overlap: int = 32, spans: Spans | None = None) -> None:
         if chunk_tokens < 16:
             raise ValueError("chunk_tokens must be at least 16")
-        if not 0 <= overlap < chunk_tokens // 2:
-            raise ValueError("overlap must be 0 or more and less than half of chunk_tokens")
+        if not 0 <= overlap <= chunk_tokens // 2:
+            raise ValueError("overlap must be 0 or more and at most half of chunk_tokens")
         self.chunk_tokens = chunk_tokens
         self.overlap = overlap
         self.spans = spans or regex_spans
@@ -117,8 +117,7 @@ class TextChunker:
             return [Chunk(id=doc.id, doc_id=doc.id, title=doc.title, text=text.strip(), metadata=doc.metadata, start=0, end=len(text))]
         windows = _windows(text, toks, budget, min(self.overlap, budget // 2 - 1))
         return [
-            Chunk(id=f"{doc.id}#{i}", doc_id=doc.id, title=doc.title, text=text[a:b], metadata=doc.metadata, start=a, end=b)
-            for i, (a, b) in enumerate(windows)
+            Chunk(id=f"{doc.id}#{i}", doc_id=doc.id, title=doc.title, text=text[a:b], metadata=doc.metadata, start=a, end=b) for i, (a, b) in enumerate(windows)
         ]
 
 

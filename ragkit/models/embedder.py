@@ -82,7 +82,8 @@ class SentenceEmbedder(Embedder):
                 except Exception as e:
                     raise ModelError(f"could not load the embedder in {folder}: {e}") from e
             self._model = _LOADED[key]
-        self.dimension = int(self._model.get_sentence_embedding_dimension())
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        self.dimension = int(get_dim())
         self.path = folder
 
     def teardown(self) -> None:

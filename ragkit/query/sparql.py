@@ -117,6 +117,8 @@ def unbound_variables(query: str) -> list[str]:
     if not m or "*" in m.group(1):
         return []
     head, body = m.group(1), q[m.end() :]
+    # only the WHERE block binds: GROUP BY / ORDER BY after its closing brace do not
+    body = body[: body.rfind("}")] if "}" in body else body
     needed: list[str] = []
     depth, alias_next = 0, False
     for tok in re.findall(r"\(|\)|[?$]\w+|\bAS\b|[^\s()?$]+", head, flags=re.I):

@@ -79,16 +79,31 @@ class GraphSchema(_Frozen):
         return {c.name for c in self.classes} | {p.name for p in self.properties}
 
     def compact(self, iri: str) -> str:
-        """``iri`` written with the schema's prefixes when one applies (``lib:Book``)."""
-        best = ""
+        """``iri`` written with the schema's prefixes when one applies (``lib:Book``, ``:singer\\#name``)."""
+        best, name = "", ""
         for pfx, ns in self.prefixes.items():
-            if iri.startswith(ns) and len(ns) > len(best) and _is_local_name(iri[len(ns) :]):
-                best, name = ns, f"{pfx}:{iri[len(ns):]}"
+            local = _local_name(iri[len(ns) :]) if iri.startswith(ns) else None
+            if local is not None and len(ns) > len(best):
+                best, name = ns, f"{pfx}:{local}"
         return name if best else f"<{iri}>"
 
 
-def _is_local_name(s: str) -> bool:
-    return bool(s) and all(ch.isalnum() or ch in "_-" for ch in s) and not s[0].isdigit() and not s[0] == "-"
+_PN_LOCAL_ESC = set("_~.-!$&'()*+,;=/?#@%")
+
+
+def _local_name(s: str) -> str | None:
+    """``s`` as a SPARQL prefixed-name local part (escaping what needs it), or None if impossible."""
+    if not s or s[0] in "-." or s[-1] == ".":
+        return None
+    out = []
+    for ch in s:
+        if ch.isalnum() or ch in "_-":
+            out.append(ch)
+        elif ch in _PN_LOCAL_ESC:
+            out.append("\\" + ch)
+        else:
+            return None
+    return "".join(out)
 
 
 class GraphValue(_Frozen):

@@ -56,7 +56,16 @@ from ragkit.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from ragkit.stores.base import DEFAULT_ROW_LIMIT, DEFAULT_TIMEOUT, GraphSchema, GraphStore, QueryResult, SchemaClass, SchemaProperty
+from ragkit.stores.base import (
+    DEFAULT_ROW_LIMIT,
+    DEFAULT_TIMEOUT,
+    GraphSchema,
+    GraphStore,
+    GraphValue,
+    QueryResult,
+    SchemaClass,
+    SchemaProperty,
+)
 from ragkit.stores.loaders import CYPHER_SUFFIXES, cypher_name, is_schema_statement, read_script
 
 logger = logging.getLogger(__name__)
@@ -219,6 +228,26 @@ class PropertyGraphStore(GraphStore):
             )
             for key in sorted(counts)
         ]
+
+    def _values(self, max_values: int, max_chars: int) -> list[GraphValue]:
+        """Distinct short string values of each label's string properties (for entity linking)."""
+        schema = self.schema()
+        labels = {c.name for c in schema.classes}
+        out: list[GraphValue] = []
+        for p in schema.properties:
+            if p.kind != "node_property" or "STRING" not in p.ranges:
+                continue
+            for label in p.domains:
+                if label not in labels or len(out) >= max_values:
+                    continue
+                q = (
+                    f"MATCH (n:{cypher_name(label)}) WHERE n.{cypher_name(p.name)} IS NOT NULL "
+                    f"RETURN DISTINCT n.{cypher_name(p.name)} AS v LIMIT {max_values - len(out)}"
+                )
+                for (v,) in self._select(q):
+                    if isinstance(v, str) and 0 < len(v) <= max_chars:
+                        out.append(GraphValue(text=v, property=p.name, cls=label))
+        return out
 
     def _schema(self) -> GraphSchema:
         labels = self._label_counts()

@@ -14,9 +14,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,7 @@ class ExampleBank(Resource):
         self._vectors: Any = None
         self._index: Any = None
         self._given: list[QueryExample] | None = None
+        self._exclude = threading.local()
 
     @classmethod
     def from_examples(cls, examples: Iterable[tuple[str, str] | QueryExample], embedder: Embedder, mask_entities: bool = True) -> ExampleBank:
@@ -119,6 +122,19 @@ class ExampleBank(Resource):
         self._vectors = vecs
         self._index = faiss.IndexFlatIP(vecs.shape[1])
         self._index.add(vecs)
+
+    @contextlib.contextmanager
+    def excluding(self, predicate: Callable[[QueryExample], bool]) -> Iterator[None]:
+        """Within the block (in this thread), searches skip examples for which ``predicate`` is true.
+
+        ``ragkit eval`` uses it to hide, for each test question, the examples its protocol forbids.
+        """
+        old = getattr(self._exclude, "fn", None)
+        self._exclude.fn = predicate
+        try:
+            yield
+        finally:
+            self._exclude.fn = old
 
     def _key(self, question: str) -> str:
         return question_skeleton(question) if self.mask_entities else question
@@ -147,9 +163,11 @@ class ExampleBank(Resource):
         if self._index is None or k <= 0:
             return []
         q = self.embedder.embed([self._key(question)])
-        n = min(max(fetch, k), len(self._examples))
+        exclude = getattr(self._exclude, "fn", None)
+        allowed = None if exclude is None else {i for i, e in enumerate(self._examples) if not exclude(e)}
+        n = len(self._examples) if allowed is not None else min(max(fetch, k), len(self._examples))
         sims, ids = self._index.search(q, n)
-        cand = [int(i) for i in ids[0] if i >= 0]
+        cand = [int(i) for i in ids[0] if i >= 0 and (allowed is None or int(i) in allowed)][: max(fetch, k)]
         sim = {i: float(s) for i, s in zip(ids[0], sims[0]) if i >= 0}
         chosen: list[int] = []
         while cand and len(chosen) < k:

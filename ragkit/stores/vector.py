@@ -52,7 +52,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ragkit.core.component import Resource, register_resource
 from ragkit.errors import InputError, MissingDependencyError, StoreError
-from ragkit.ingest.chunking import Chunk, TextChunker, embedding_text, spans_for_embedder
+from ragkit.ingest.chunking import (
+    Chunk,
+    TextChunker,
+    embedding_text,
+    spans_for_embedder,
+)
 from ragkit.ingest.embedding import embed_texts
 from ragkit.ingest.readers import Document, Scalar, read_corpus
 from ragkit.models.base import Embedder
@@ -238,12 +243,16 @@ class VectorIndex(Resource):
         self._kind_used = ""
         self._meta: dict[str, Any] = {}
         self._mapped = False
+        self._opened_from: Path | None = None
         self.version = 0
         """Increases with every change, so derived structures (a BM25 index) know to rebuild."""
 
     # ---- lifecycle --------------------------------------------------------------------------
     def setup(self) -> None:
-        _faiss()
+        faiss = _faiss()
+        threads = int(os.environ.get("RAGKIT_NUM_THREADS", "0") or 0)
+        if threads:  # as for torch: on shared cores, fewer OpenMP threads than cores avoid spinning
+            faiss.omp_set_num_threads(threads)
         folder = self.folder
         corpus = Path(self.corpus).expanduser() if self.corpus else None
         if corpus is not None and not corpus.exists():
@@ -335,7 +344,9 @@ class VectorIndex(Resource):
 
     def _build(self, docs: Sequence[Document], fingerprint: str | None) -> None:
         chunks = self._chunker().chunk_all(docs)
-        vecs = embed_texts(self.embedder, [embedding_text(c.title, c.text) for c in chunks], batch_size=self.batch_size, progress=self.progress, desc="indexing")
+        vecs = embed_texts(
+            self.embedder, [embedding_text(c.title, c.text) for c in chunks], batch_size=self.batch_size, progress=self.progress, desc="indexing"
+        )
         kind = self.kind if self.kind != "auto" else choose_kind(len(chunks), self.flat_max, self.hnsw_max)
         logger.info("indexing %d chunks of %d documents in a %s index", len(chunks), len(docs), kind)
         self._reset(kind, train=vecs if kind == "ivfpq" else None)
@@ -380,7 +391,7 @@ class VectorIndex(Resource):
 
     def _writable(self) -> None:
         # A memory-mapped index is read-only by contract: load it fully before the first change.
-        if self._mapped:
+        if self._mapped and self._opened_from is not None:
             faiss = _faiss()
             self._index = faiss.read_index(str(self._opened_from / "index.faiss"))
             self._mapped = False
@@ -562,6 +573,25 @@ class VectorIndex(Resource):
         self.warm_up()
         k = self._key_of.get(chunk_id)
         return None if k is None else self._items.get(k)
+
+    def vectors(self, chunk_ids: Sequence[str]) -> Any:
+        """The stored unit vectors of ``chunk_ids`` (rows of NaN for unknown ids or kinds that keep only codes).
+
+        A reranker uses them to compare passages with the question without embedding them again.
+        """
+        import numpy as np
+
+        self.warm_up()
+        d = int(self.embedder.dimension)
+        out = np.full((len(chunk_ids), d), np.nan, dtype="float32")
+        if self._kind_used == "ivfpq":  # product-quantised: the exact vectors are not kept
+            return out
+        with self._lock:
+            for row, cid in enumerate(chunk_ids):
+                key = self._key_of.get(cid)
+                if key is not None and key not in self._deleted:
+                    out[row] = self._index.reconstruct(int(key))
+        return out
 
     def search(self, query: str, k: int = 10, filters: Filters | None = None) -> list[Passage]:
         """The ``k`` chunks nearest to ``query`` by cosine similarity, best first."""

@@ -1,12 +1,37 @@
-"""What query generators output: ranked candidate queries with what is known about each."""
+"""Query generation shared by SPARQL and Cypher: prompt, lazy execution-guided candidates, repair.
+
+The model sees the (pruned) schema, each retrieved example as a question/query exchange, then the
+user's question. Every question is followed by a ``Values:`` line: for an example, the string
+literals its query uses; for the user's question, the graph values the entity linker found in it.
+Small models otherwise copy the example's entity instead of the question's.
+
+Candidates are made lazily, cheapest first:
+
+1. one greedy query; if it is valid (guard, parser, schema checks) and, when a ``store`` is given,
+   returns rows, it is used and nothing more is generated;
+2. otherwise ``num_candidates`` beams;
+3. otherwise up to ``repair_rounds`` rounds that show the model its best attempt with the typed
+   error (or "returned no rows") and ask for a correction: a bounded loop inside the stage.
+"""
 
 from __future__ import annotations
 
+import logging
+from typing import ClassVar
+
 from pydantic import BaseModel, ConfigDict
 
-from ragkit.core.stage import Output
+from ragkit.core.metrics import current_recorder
+from ragkit.core.stage import Output, Stage
+from ragkit.errors import InputError, QueryError, StoreError
+from ragkit.models.base import LLM, ChatMessage
+from ragkit.stages.linkers.entity import LinkedEntities, query_values
+from ragkit.stores.base import GraphSchema, GraphStore
+from ragkit.stores.examples import QueryExample
 
-__all__ = ["QueryCandidate", "GeneratedQuery", "QueryGenOutput"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["QueryCandidate", "GeneratedQuery", "QueryGenOutput", "QueryGenerator"]
 
 
 class QueryCandidate(BaseModel):
@@ -17,13 +42,20 @@ class QueryCandidate(BaseModel):
     score: float = 0.0
     """The model's mean log-probability per token (higher is more confident)."""
     error: str | None = None
+    rows: int | None = None
+    """Rows it returned when the generator executed it (None when not executed)."""
+    origin: str = "greedy"
+    """How it was made: ``greedy``, ``beam`` or ``repair``."""
+
+    @property
+    def good(self) -> bool:
+        return self.error is None and (self.rows is None or self.rows > 0)
 
 
 class GeneratedQuery(BaseModel):
-    """Candidates best first; ``query`` is the first one without an error (or the first at all)."""
+    """Candidates best first; ``query`` is the first one (valid and non-empty ones come first)."""
 
     model_config = ConfigDict(frozen=True)
-
     language: str
     query: str
     candidates: list[QueryCandidate]
@@ -38,3 +70,119 @@ class QueryGenOutput(Output):
 
     generated: GeneratedQuery
     query: str
+
+
+class QueryGenerator(Stage):
+    """Base of the text-to-query stages; subclasses set the language, instructions and checks."""
+
+    language: ClassVar[str] = ""
+    default_instructions: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        llm: LLM,
+        store: GraphStore | None = None,
+        num_candidates: int = 3,
+        max_new_tokens: int = 160,
+        repair_rounds: int = 1,
+        instructions: str | None = None,
+    ) -> None:
+        if num_candidates < 1:
+            raise ValueError("num_candidates must be at least 1")
+        if repair_rounds < 0:
+            raise ValueError("repair_rounds must be 0 or more")
+        if max_new_tokens < 8:
+            raise ValueError("max_new_tokens must be at least 8")
+        self.llm = llm
+        self.store = store
+        self.num_candidates = num_candidates
+        self.max_new_tokens = max_new_tokens
+        self.repair_rounds = repair_rounds
+        self.instructions = instructions or self.default_instructions
+
+    # -- language-specific --------------------------------------------------------------------
+    def postprocess(self, text: str, schema: GraphSchema) -> str:
+        """Turn the model's reply into a query (extract it, complete it)."""
+        raise NotImplementedError
+
+    def check(self, query: str, schema: GraphSchema) -> str | None:
+        """Why ``query`` cannot be used, or None."""
+        raise NotImplementedError
+
+    # -- prompt ---------------------------------------------------------------------------------
+    @staticmethod
+    def _ask(question: str, values: list[str]) -> str:
+        if not values:
+            return question
+        return question + "\nValues: " + ", ".join(f'"{v}"' for v in values)
+
+    def messages(self, question: str, schema_text: str, examples: list[QueryExample], entities: LinkedEntities | None = None) -> list[ChatMessage]:
+        """The chat prompt: instructions and schema, each example as an exchange, then the question."""
+        msgs = [ChatMessage(role="system", content=f"{self.instructions}\n\n{schema_text}")]
+        for ex in reversed(examples):  # nearest example last, closest to the question
+            msgs.append(ChatMessage(role="user", content=self._ask(ex.question, query_values(ex.query))))
+            msgs.append(ChatMessage(role="assistant", content=ex.query))
+        msgs.append(ChatMessage(role="user", content=self._ask(question, entities.values if entities else [])))
+        return msgs
+
+    # -- generation -----------------------------------------------------------------------------
+    def run(
+        self,
+        question: str,
+        graph_schema: GraphSchema,
+        schema_text: str,
+        examples: list[QueryExample] | None = None,
+        entities: LinkedEntities | None = None,
+    ) -> QueryGenOutput:
+        if not isinstance(question, str) or not question.strip():
+            raise InputError("the question is empty (ask something)")
+        messages = self.messages(question, schema_text, examples or [], entities)
+        candidates: list[QueryCandidate] = []
+        seen: set[str] = set()
+        self._collect(messages, 1, graph_schema, candidates, seen, "greedy")
+        if not any(c.good for c in candidates) and self.num_candidates > 1:
+            self._collect(messages, self.num_candidates, graph_schema, candidates, seen, "beam")
+        repairs = 0
+        while repairs < self.repair_rounds and not any(c.good for c in candidates):
+            best = self._rank(candidates)[0] if candidates else QueryCandidate(query="", error="no query")
+            problem = best.error or "it returned no rows; check the property directions and the values"
+            messages = [
+                *messages,
+                ChatMessage(role="assistant", content=best.query or "(no query)"),
+                ChatMessage(role="user", content=f"That query is wrong: {problem}. Write the corrected {self.language.upper()} query."),
+            ]
+            self._collect(messages, 1, graph_schema, candidates, seen, "repair")
+            repairs += 1
+        if not candidates:
+            candidates.append(QueryCandidate(query="", score=0.0, error="the model wrote no query"))
+        candidates = self._rank(candidates)
+        rec = current_recorder()
+        if rec is not None:
+            rec.note("candidates", len(candidates))
+            rec.note("valid", sum(c.error is None for c in candidates))
+            rec.note("repairs", repairs)
+        generated = GeneratedQuery(language=self.language, query=candidates[0].query, candidates=candidates)
+        return QueryGenOutput(generated=generated, query=generated.query)
+
+    @staticmethod
+    def _rank(candidates: list[QueryCandidate]) -> list[QueryCandidate]:
+        # good (valid and non-empty) first, then valid, then by likelihood; stable for ties
+        return sorted(candidates, key=lambda c: (not c.good, c.error is not None, -c.score))
+
+    def _collect(self, messages: list[ChatMessage], n: int, schema: GraphSchema, out: list[QueryCandidate], seen: set[str], origin: str) -> None:
+        gen = self.llm.generate(messages, max_new_tokens=self.max_new_tokens, num_return_sequences=n)
+        scores = list(gen.scores) + [0.0] * (len(gen.texts) - len(gen.scores))
+        for text, score in zip(gen.texts, scores):
+            query = self.postprocess(text, schema)
+            key = " ".join(query.split())
+            if not key or key in seen:
+                continue
+            seen.add(key)
+            error = self.check(query, schema)
+            rows = None
+            if error is None and self.store is not None:
+                try:
+                    rows = len(self.store.query(query, limit=5).rows)
+                except (QueryError, StoreError) as e:
+                    error = f"{type(e).__name__}: {e}"
+            out.append(QueryCandidate(query=query, score=score, error=error, rows=rows, origin=origin))

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,8 @@ DEFAULT_CALIBRATION: dict[str, tuple[float, float]] = {
 }
 
 _CE_LOADED: dict[tuple[str, str], Any] = {}
+_SHARED: dict[int, tuple[OrderedDict[str, Any], threading.Lock]] = {}
+_SHARED_LOCK = threading.Lock()
 _CE_LOCK = threading.Lock()
 
 
@@ -59,23 +63,56 @@ class BiEncoderScorer(RelevanceScorer):
 
     name = "bi_encoder"
 
-    def __init__(self, embedder: Embedder) -> None:
+    def __init__(self, embedder: Embedder, cache_size: int = 50_000) -> None:
         self.embedder = embedder
+        self.cache_size = cache_size
+        # Passages recur across questions (the same top documents): embedding each once is most of
+        # the saving. Bounded, least recently used first out; shared by every scorer of one embedder.
+        with _SHARED_LOCK:
+            self._cache, self._lock = _SHARED.setdefault(id(embedder), (OrderedDict(), threading.Lock()))
+        weakref.finalize(embedder, _SHARED.pop, id(embedder), None)
 
     def warm_up(self) -> None:
         self.embedder.warm_up()
 
-    def score(self, question: str, texts: Sequence[str]) -> Any:
+    def score(self, question: str, texts: Sequence[str], known: Any = None) -> Any:
+        """Cosine of each text with the question; ``known`` may hold stored vectors (NaN rows are embedded)."""
         import numpy as np
 
         if not texts:
             return np.zeros(0, dtype="float32")
-        vecs = self.embedder.embed([question, *texts])
-        return (vecs[1:] @ vecs[0]).astype("float32")
+        if known is None:
+            vecs = self.vectors(texts)
+        else:
+            vecs = np.array(known, dtype="float32")
+            todo = [i for i in range(len(texts)) if not np.isfinite(vecs[i]).all()]
+            if todo:
+                vecs[todo] = self.vectors([texts[i] for i in todo])
+        q = self.embedder.embed([question])[0]
+        return (vecs @ q).astype("float32")
 
     def vectors(self, texts: Sequence[str]) -> Any:
-        """Unit vectors of ``texts`` (used for redundancy between selected items)."""
-        return self.embedder.embed(list(texts))
+        """Unit vectors of ``texts``, from the cache where possible."""
+        import numpy as np
+
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            fresh = self.embedder.embed(missing)
+            with self._lock:
+                for t, v in zip(missing, fresh):
+                    self._cache[t] = v
+                    self._cache.move_to_end(t)
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+                got = {t: self._cache[t] for t in texts if t in self._cache}
+        else:
+            with self._lock:
+                got = {t: self._cache[t] for t in texts}
+        rest = [t for t in texts if t not in got]
+        if rest:  # evicted between the two steps by a concurrent caller: embed again
+            got.update(zip(rest, self.embedder.embed(rest)))
+        return np.stack([got[t] for t in texts]).astype("float32")
 
 
 class QueryLikelihoodScorer(RelevanceScorer):
@@ -100,9 +137,7 @@ class QueryLikelihoodScorer(RelevanceScorer):
     def warm_up(self) -> None:
         self.llm.warm_up()
         if not hasattr(self.llm, "hf_model") or not hasattr(self.llm, "tokenizer"):
-            raise ModelError(
-                f"the query_likelihood backend needs a transformers model (a local_llm resource), not {type(self.llm).__name__}"
-            )
+            raise ModelError(f"the query_likelihood backend needs a transformers model (a local_llm resource), not {type(self.llm).__name__}")
 
     def score(self, question: str, texts: Sequence[str]) -> Any:
         import numpy as np
@@ -172,14 +207,14 @@ class CrossEncoderScorer(RelevanceScorer):
     def warm_up(self) -> None:
         if self._model is not None:
             return
+        folder = Path(self.model_path).expanduser()
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"cross-encoder folder {folder} has no config.json (give a local sentence-transformers cross-encoder folder)")
         try:
             import torch
             from sentence_transformers import CrossEncoder
         except ImportError:
             raise MissingDependencyError("sentence-transformers", "models", "the cross-encoder reranker") from None
-        folder = Path(self.model_path).expanduser()
-        if not (folder / "config.json").is_file():
-            raise ModelError(f"cross-encoder folder {folder} has no config.json (give a local sentence-transformers cross-encoder folder)")
         device = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
         key = (str(folder.resolve()), device)
         with _CE_LOCK:

@@ -64,7 +64,9 @@ class Calibrator:
         return cls("sigmoid", {"a": float(a), "b": float(b)}, backend, {"note": "fixed default, not fitted"})
 
     @classmethod
-    def fit(cls, scores: Sequence[float], labels: Sequence[int | bool], method: Literal["platt", "isotonic"] = "platt", backend: str = "", note: str = "") -> Calibrator:
+    def fit(
+        cls, scores: Sequence[float], labels: Sequence[int | bool], method: Literal["platt", "isotonic"] = "platt", backend: str = "", note: str = ""
+    ) -> Calibrator:
         """Fit on raw ``scores`` with 0/1 ``labels`` (1 = the passage is relevant)."""
         import numpy as np
 

@@ -15,7 +15,7 @@ Steps for each question:
 
 Example:
     >>> from ragkit.stages.rerankers.confidence import ConfidenceReranker
-    >>> from ragkit.stores.vector import Passage
+    >>> from ragkit.stores.vector import Passage, VectorIndex
     >>> from ragkit.testing import HashingEmbedder
     >>> ps = [Passage(id="a", text="Ann lives in Rome."), Passage(id="b", text="Bob lives in Oslo.")]
     >>> out = ConfidenceReranker(embedder=HashingEmbedder(), top_k=1).run(question="Where does Bob live?", passages=ps)
@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -44,15 +45,18 @@ from ragkit.stages.rerankers.backends import (
     RelevanceScorer,
 )
 from ragkit.stages.rerankers.calibration import Calibrator
-from ragkit.stages.rerankers.selection import Candidate, coverage, question_parts, select
+from ragkit.stages.rerankers.selection import (
+    Candidate,
+    coverage,
+    question_parts,
+    select,
+)
 from ragkit.stages.retrievers.graph import GraphContext
-from ragkit.stores.vector import Passage
+from ragkit.stores.vector import Passage, VectorIndex
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ConfidenceReranker", "RankedContext", "ContextItem", "ABSTAIN_MESSAGE"]
-
-ABSTAIN_MESSAGE = "I don't know: the retrieved context does not answer this question confidently enough."
+__all__ = ["ConfidenceReranker", "RankedContext", "ContextItem", "fit_calibration"]
 Backend = Literal["bi_encoder", "query_likelihood", "cross_encoder"]
 
 
@@ -89,6 +93,8 @@ class ConfidenceReranker(Stage):
         backend: ``bi_encoder`` (needs ``embedder``), ``query_likelihood`` (needs ``llm``) or
             ``cross_encoder`` (needs ``model``, a local cross-encoder folder).
         embedder: the embedder resource for ``bi_encoder``.
+        index: the ``faiss_index`` the passages come from (optional, ``bi_encoder`` only): their
+            stored vectors are reused instead of embedding the passages again. It must use ``embedder``.
         llm: the local LLM resource for ``query_likelihood``.
         model: the cross-encoder folder for ``cross_encoder``.
         calibration: a calibration JSON artifact for this backend (see
@@ -114,6 +120,7 @@ class ConfidenceReranker(Stage):
         self,
         backend: Backend = "bi_encoder",
         embedder: Embedder | None = None,
+        index: VectorIndex | None = None,
         llm: LLM | None = None,
         model: str | None = None,
         calibration: str | None = None,
@@ -132,6 +139,8 @@ class ConfidenceReranker(Stage):
             raise ValueError(f"backend must be one of {', '.join(needs)}, not {backend!r}")
         if needs[backend][1] is None:
             raise ValueError(f"backend {backend} needs '{needs[backend][0]}' (set it, or choose another backend)")
+        if index is not None and embedder is not None and index.embedder is not embedder:
+            raise ValueError("'index' must be built with the reranker's 'embedder' (name the same embedder resource in both)")
         if top_k < 1 or candidates < 1:
             raise ValueError("top_k and candidates must be at least 1")
         if not 0.0 <= abstain_threshold <= 1.0:
@@ -139,7 +148,7 @@ class ConfidenceReranker(Stage):
         if not 0.0 <= retrieval_weight <= 1.0 or not 0.0 <= coverage_penalty <= 1.0:
             raise ValueError("retrieval_weight and coverage_penalty must be between 0 and 1")
         self.backend = backend
-        self.embedder, self.llm, self.model = embedder, llm, model
+        self.embedder, self.index, self.llm, self.model = embedder, index, llm, model
         self.calibration = calibration
         self.top_k, self.candidates = top_k, candidates
         self.retrieval_weight = retrieval_weight
@@ -181,14 +190,24 @@ class ConfidenceReranker(Stage):
         assert self._calibrator is not None
         return self._calibrator
 
+    def raw_scores(self, question: str, passages: list[Passage]) -> list[float]:
+        """The backend's uncalibrated score of each passage (what a calibration is fitted on)."""
+        if not passages:
+            return []
+        texts = [embedding_text(p.title, p.text) for p in passages]
+        if isinstance(self.scorer, BiEncoderScorer) and self.index is not None:
+            raw = self.scorer.score(question, texts, known=self.index.vectors([p.id for p in passages]))
+        else:
+            raw = self.scorer.score(question, texts)
+        return [float(x) for x in raw]
+
     def probabilities(self, question: str, passages: list[Passage]) -> list[float]:
         """Calibrated probability of relevance of each passage (in the given order)."""
         import numpy as np
 
         if not passages:
             return []
-        raw = self.scorer.score(question, [embedding_text(p.title, p.text) for p in passages])
-        p = self.calibrator.predict(raw)
+        p = self.calibrator.predict(self.raw_scores(question, passages))
         if self.retrieval_weight:
             prior = 1.0 / (1.0 + np.arange(len(passages)) / 5.0)
             p = (1 - self.retrieval_weight) * p + self.retrieval_weight * prior
@@ -227,7 +246,12 @@ class ConfidenceReranker(Stage):
         else:
             reason = f"confidence {confidence:.2f} (best item {best:.2f}, question coverage {share:.0%})"
         items = [
-            ContextItem(kind="graph" if c.kind == "graph" else "passage", id=c.key, text=c.text if c.kind == "graph" else embedding_text(c.title, c.text), probability=round(c.p, 6))
+            ContextItem(
+                kind="graph" if c.kind == "graph" else "passage",
+                id=c.key,
+                text=c.text if c.kind == "graph" else embedding_text(c.title, c.text),
+                probability=round(c.p, 6),
+            )
             for c in chosen
         ]
         rec = current_recorder()
@@ -245,3 +269,30 @@ class ConfidenceReranker(Stage):
         )
 
 
+def fit_calibration(
+    reranker: ConfidenceReranker,
+    examples: Iterable[tuple[str, list[Passage], Iterable[str]]],
+    method: Literal["platt", "isotonic"] = "platt",
+    note: str = "",
+) -> Calibrator:
+    """Fit a calibration for ``reranker``'s backend on labelled retrieval results.
+
+    Args:
+        reranker: the reranker whose backend produces the raw scores.
+        examples: ``(question, candidate passages, relevant ids)``; a passage is relevant when its
+            ``id`` or ``doc_id`` is among the relevant ids.
+        method: ``platt`` or ``isotonic``.
+        note: what the data was, kept in the artifact.
+
+    Returns:
+        The fitted :class:`Calibrator`; ``.save(path)`` writes the JSON artifact that the
+        ``calibration:`` parameter reads.
+    """
+    scores: list[float] = []
+    labels: list[int] = []
+    for question, passages, relevant in examples:
+        rel = set(relevant)
+        pool = list(passages)[: reranker.candidates]
+        scores.extend(reranker.raw_scores(question, pool))
+        labels.extend(int(p.id in rel or p.doc_id in rel) for p in pool)
+    return Calibrator.fit(scores, labels, method=method, backend=reranker.backend, note=note)

@@ -58,6 +58,7 @@ class GraphRetrieval(Output):
     query: str
     rows: list[list[Any]]
     confidence: float
+    error: str | None = None
 
 
 def _short(v: Any) -> str:
@@ -106,7 +107,7 @@ class GraphQueryRetriever(Stage):
 
     def run(self, generated: GeneratedQuery) -> GraphRetrieval:
         ctx = self._retrieve(generated)
-        return GraphRetrieval(context=ctx, query=ctx.query, rows=ctx.rows, confidence=ctx.confidence)
+        return GraphRetrieval(context=ctx, query=ctx.query, rows=ctx.rows, confidence=ctx.confidence, error=ctx.error)
 
     def _retrieve(self, generated: GeneratedQuery) -> GraphContext:
         results = []

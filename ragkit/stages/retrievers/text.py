@@ -154,11 +154,13 @@ class BM25Index:
         k = min(k, len(s))
         top = np.argpartition(-s, k - 1)[:k]
         top = top[np.argsort(-s[top], kind="stable")]
-        return [
-            Passage(id=c.id, title=c.title, text=c.text, score=float(s[i]), doc_id=c.doc_id, metadata=c.metadata)
-            for i in top.tolist()
-            if s[i] > 0 and np.isfinite(s[i]) and (c := self._chunks[i]) is not None
-        ]
+        out = []
+        for i in top.tolist():
+            if not (np.isfinite(s[i]) and s[i] > 0):  # no query word in common, or filtered out
+                continue
+            c = self._chunks[i]
+            out.append(Passage(id=c.id, title=c.title, text=c.text, score=float(s[i]), doc_id=c.doc_id, metadata=c.metadata))
+        return out
 
 
 def _words(text: str) -> list[str]:

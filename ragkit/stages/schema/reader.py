@@ -18,8 +18,11 @@ from ragkit.core.metrics import current_recorder
 from ragkit.core.stage import Output, Stage
 from ragkit.errors import InputError
 from ragkit.stores.base import GraphSchema, GraphStore, SchemaProperty
+from ragkit.stores.examples import QueryExample
 
-__all__ = ["GraphSchemaReader", "SchemaOutput", "render_schema"]
+__all__ = ["GraphSchemaReader", "SchemaOutput", "render_schema", "adopt_prefixes"]
+
+RDF_TYPE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#type"
 
 
 class SchemaOutput(Output):
@@ -62,9 +65,12 @@ def render_schema(
         cls = "Classes: " + ", ".join(schema.compact(c.name) for c in schema.classes)
         lines = []
         for p in schema.properties:
+            if p.name == RDF_TYPE:  # the Classes line already says what `a` can point to
+                continue
             dom = "|".join(schema.compact(d) for d in p.domains[:3]) or "?"
             rng = "|".join(schema.compact(r) for r in p.ranges[:3]) or "literal"
-            ex = f'  e.g. "{p.samples[0]}"' if p.samples else ""
+            sample = next((x for x in p.samples if not x.startswith(("http://", "https://", "urn:"))), None)
+            ex = f'  e.g. "{sample}"' if sample else ""
             lines.append((p, f"{schema.compact(p.name)}: {dom} -> {rng}{ex}"))
     else:
         head = []
@@ -116,8 +122,28 @@ class GraphSchemaReader(Stage):
         self.store = store
         self.max_tokens = max_tokens
 
-    def run(self, question: str) -> SchemaOutput:
+    def run(self, question: str, examples: list[QueryExample] | None = None) -> SchemaOutput:
+        """Read the schema; with ``examples``, write it in the prefixes their queries declare.
+
+        A small model copies notation: the schema and the examples it sees should name terms alike.
+        """
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty (ask something, e.g. -q 'Who wrote ...?')")
         schema = self.store.schema()
+        if schema.language == "sparql" and examples:
+            schema = schema.model_copy(update={"prefixes": adopt_prefixes(schema.prefixes, [e.query for e in examples])})
         return SchemaOutput(graph_schema=schema, text=render_schema(schema, question, max_tokens=self.max_tokens))
+
+
+def adopt_prefixes(prefixes: dict[str, str], queries: list[str]) -> dict[str, str]:
+    """The prefixes the queries declare, plus those of ``prefixes`` they neither rename nor cover."""
+    declared: dict[str, str] = {}
+    for q in queries:
+        for m in re.finditer(r"(?i)PREFIX\s+([A-Za-z][\w-]*)?:\s*<([^>]*)>", q):
+            declared.setdefault(m.group(1) or "", m.group(2))
+    out = dict(declared)
+    for p, ns in prefixes.items():
+        if p in out or any(ns.startswith(d) for d in declared.values()):
+            continue
+        out[p] = ns
+    return out

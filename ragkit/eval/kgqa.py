@@ -1,0 +1,342 @@
+"""Evaluating a KGQA pipeline file on a dataset folder (the layout of ``shared/data/README.md``).
+
+The pipeline file is run as it is; for each graph of the dataset, the evaluator swaps in
+
+* the graph: the pipeline's file-backed graph store resources get ``path`` = that graph's file;
+* the few-shot examples: every example bank resource is rebuilt from the *other* questions of the
+  same graph, and, for each test question, examples are hidden when their gold query equals the
+  question's (whitespace and case folded) or their gold rows equal its gold rows. Copying the
+  nearest example therefore scores zero: the system has to adapt what it retrieves.
+
+Metrics: execution accuracy (rows equal as multisets of sorted string tuples), answer-set F1 (over
+all values), valid-query rate; with bootstrap 95% intervals. Predictions are one JSON line per
+question; an interrupted run resumes from its predictions file without recomputing finished items.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import re
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragkit.core.pipeline import Pipeline
+from ragkit.errors import InputError, RagkitError, UserError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["KgqaItem", "load_kgqa", "canonical", "execution_match", "answer_f1", "evaluate_kgqa", "KgqaReport", "bootstrap_ci"]
+
+FILE_STORES = {"oxigraph_store", "rdflib_store", "embedded_cypher_store"}
+GRAPH_SUFFIXES = {"sparql": (".nt", ".ttl", ".rdf"), "cypher": (".cypher",)}
+
+
+@dataclass(frozen=True)
+class KgqaItem:
+    id: str
+    graph: str
+    question: str
+    query: str
+    language: str
+    answers: list[list[Any]]
+
+
+def load_kgqa(folder: str | Path) -> list[KgqaItem]:
+    """Read ``questions.jsonl`` of a KGQA dataset folder, with errors that name the line."""
+    path = Path(folder) / "questions.jsonl"
+    if not path.is_file():
+        raise InputError(f"{path} not found (a KGQA dataset folder has questions.jsonl and graphs/)")
+    items = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            lang = "sparql" if "sparql" in row else "cypher"
+            items.append(KgqaItem(row["id"], row["graph"], row["question"], row[lang], lang, row.get("answers", [])))
+        except (json.JSONDecodeError, KeyError) as e:
+            raise InputError(f"{path}:{n}: not a KGQA item ({e}); see shared/data/README.md for the layout") from None
+    return items
+
+
+# ---- comparison -------------------------------------------------------------------------------
+def canonical(v: Any) -> str:
+    """A value's canonical string: numbers by value (5.0 == 5), booleans lower-case, lists sorted."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return _num(float(v))
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(sorted(canonical(x) for x in v)) + "]"
+    if isinstance(v, dict):
+        return json.dumps({k: canonical(x) for k, x in sorted(v.items())})
+    s = str(v)
+    if s in ("true", "false", "True", "False"):
+        return s.lower()
+    if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", s.strip()):
+        return _num(float(s))
+    return s
+
+
+def _num(x: float) -> str:
+    if math.isnan(x) or math.isinf(x):
+        return str(x)
+    if x == int(x) and abs(x) < 1e15:
+        return str(int(x))
+    return f"{x:.10g}"
+
+
+def _row_key(row: Iterable[Any]) -> tuple[str, ...]:
+    return tuple(sorted(canonical(v) for v in row))
+
+
+def execution_match(predicted: list[list[Any]], gold: list[list[Any]]) -> bool:
+    """Rows equal as multisets of sorted canonical tuples (column order and row order ignored)."""
+    return Counter(_row_key(r) for r in predicted) == Counter(_row_key(r) for r in gold)
+
+
+def answer_f1(predicted: list[list[Any]], gold: list[list[Any]]) -> float:
+    """F1 between the sets of all values in predicted and gold rows."""
+    p = {canonical(v) for r in predicted for v in r}
+    g = {canonical(v) for r in gold for v in r}
+    if not p and not g:
+        return 1.0
+    if not p or not g:
+        return 0.0
+    tp = len(p & g)
+    if tp == 0:
+        return 0.0
+    prec, rec = tp / len(p), tp / len(g)
+    return 2 * prec * rec / (prec + rec)
+
+
+def bootstrap_ci(values: list[float], *, samples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """A 95% percentile-bootstrap interval of the mean of ``values``."""
+    if not values:
+        return (0.0, 0.0)
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
+    return (means[int(0.025 * samples)], means[min(samples - 1, int(0.975 * samples))])
+
+
+def _fold(q: str) -> str:
+    return " ".join(q.lower().split())
+
+
+# ---- running ----------------------------------------------------------------------------------
+@dataclass
+class KgqaReport:
+    """Aggregate figures of one evaluation run."""
+
+    pipeline: str
+    dataset: str
+    n: int
+    execution_accuracy: float
+    execution_accuracy_ci: tuple[float, float]
+    answer_f1: float
+    answer_f1_ci: tuple[float, float]
+    valid_query_rate: float
+    latency_p50: float
+    latency_p95: float
+    tokens_in: int
+    tokens_out: int
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _graph_file(dataset: Path, graph: str, language: str) -> Path:
+    for suf in GRAPH_SUFFIXES[language]:
+        p = dataset / "graphs" / f"{graph}{suf}"
+        if p.is_file():
+            return p
+    raise InputError(f"no graph file for '{graph}' under {dataset / 'graphs'} (expected one of {GRAPH_SUFFIXES[language]})")
+
+
+def _pipeline_for_graph(spec: dict[str, Any], graph_file: Path, bank_file: Path, source: str) -> Pipeline:
+    d = json.loads(json.dumps(spec))
+    stores = [n for n, r in d.get("resources", {}).items() if r.get("type") in FILE_STORES]
+    remote = [n for n, r in d.get("resources", {}).items() if r.get("type") in ("sparql_endpoint", "neo4j_store")]
+    if not stores:
+        hint = f" ('{remote[0]}' is remote)" if remote else ""
+        raise UserError(
+            f"{source}: ragkit eval loads each question's graph from a file, but the pipeline has no file-backed graph store{hint} "
+            f"(use one of: {', '.join(sorted(FILE_STORES))})"
+        )
+    for n in stores:
+        d["resources"][n]["path"] = str(graph_file)
+    for r in d.get("resources", {}).values():
+        if r.get("type") == "example_bank":
+            r["path"] = str(bank_file)
+    return Pipeline.from_dict(d, source=source)
+
+
+def _done_ids(predictions: Path) -> dict[str, dict[str, Any]]:
+    done: dict[str, dict[str, Any]] = {}
+    if predictions.is_file():
+        for line in predictions.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                done[row["id"]] = row
+            except (json.JSONDecodeError, KeyError):
+                continue  # a line cut by an interrupt: that item runs again
+    return done
+
+
+def evaluate_kgqa(
+    pipeline_file: str | Path,
+    dataset: str | Path,
+    predictions: str | Path,
+    *,
+    limit: int | None = None,
+    per_graph: int | None = None,
+    graphs: list[str] | None = None,
+    skip_answer: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> KgqaReport:
+    """Run ``pipeline_file`` on every question of ``dataset`` and score it.
+
+    Args:
+        pipeline_file: a KGQA pipeline file (with a file-backed graph store and an example bank).
+        dataset: a KGQA dataset folder.
+        predictions: the JSON Lines file to write; finished items in it are not run again.
+        limit: evaluate only the first ``limit`` questions (in file order, after ``graphs``).
+        per_graph: evaluate only the first ``per_graph`` questions of each graph (a stratified slice).
+        graphs: evaluate only these graphs.
+        skip_answer: run only the stages the ``rows`` output depends on (no answer generation).
+        progress: called with (done, total) after each item.
+    """
+    dataset = Path(dataset)
+    predictions = Path(predictions)
+    spec = Pipeline.from_yaml(pipeline_file).to_dict()
+    items = load_kgqa(dataset)
+    if graphs:
+        items = [i for i in items if i.graph in graphs]
+    if per_graph:
+        seen: Counter[str] = Counter()
+        kept = []
+        for it in items:
+            if seen[it.graph] < per_graph:
+                kept.append(it)
+                seen[it.graph] += 1
+        items = kept
+    selected = items[:limit] if limit else items
+    if not selected:
+        raise InputError("no questions selected (check --graphs / --limit)")
+    by_graph: dict[str, list[KgqaItem]] = defaultdict(list)
+    for it in load_kgqa(dataset):
+        by_graph[it.graph].append(it)
+    done = _done_ids(predictions)
+    predictions.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    count = sum(1 for it in selected if it.id in done)
+    with tempfile.TemporaryDirectory(prefix="ragkit-eval-") as tmp, predictions.open("a", encoding="utf-8") as out:
+        for graph in dict.fromkeys(it.graph for it in selected):
+            todo = [it for it in selected if it.graph == graph and it.id not in done]
+            if not todo:
+                continue
+            pool = by_graph[graph]
+            bank_file = Path(tmp) / f"{graph}.jsonl"
+            bank_file.write_text("".join(json.dumps({"question": e.question, "query": e.query}) + "\n" for e in pool), encoding="utf-8")
+            gold_rows = {(e.question, e.query): Counter(_row_key(r) for r in e.answers) for e in pool}
+            pipe = _pipeline_for_graph(spec, _graph_file(dataset, graph, todo[0].language), bank_file, str(pipeline_file))
+            runner = pipe.upstream(*[o for o in ("query", "rows", "confidence") if o in pipe.outputs]) if skip_answer else pipe
+            banks = [r for r in pipe.resources.values() if type(r).type_name == "example_bank"]
+            try:
+                runner.warm_up()
+                for it in todo:
+                    row = _run_one(runner, banks, it, gold_rows)
+                    out.write(json.dumps(row, default=str) + "\n")
+                    out.flush()
+                    done[it.id] = row
+                    count += 1
+                    if progress is not None:
+                        progress(count, len(selected))
+            finally:
+                pipe.close()
+    rows = [done[it.id] for it in selected]
+    return _report(str(pipeline_file), str(dataset), selected, rows, time.perf_counter() - start)
+
+
+def _run_one(pipe: Pipeline, banks: list[Any], it: KgqaItem, gold_rows: dict[tuple[str, str], Counter]) -> dict[str, Any]:
+    mine = Counter(_row_key(r) for r in it.answers)
+
+    def forbidden(ex: Any) -> bool:
+        return _fold(ex.query) == _fold(it.query) or gold_rows.get((ex.question, ex.query)) == mine
+
+    t0 = time.perf_counter()
+    error = None
+    outputs: dict[str, Any] = {}
+    trace = None
+    try:
+        with contextlib.ExitStack() as stack:
+            for b in banks:
+                stack.enter_context(b.excluding(forbidden))
+            res = pipe.run(question=it.question)
+        outputs, trace = res.outputs, res.trace
+    except RagkitError as e:  # one failing item must not end the run
+        error = f"{type(e).__name__}: {e}"
+        trace = getattr(e, "trace", None)
+    rows = outputs.get("rows") or []
+    query = outputs.get("query") or ""
+    error = error or outputs.get("error")
+    return {
+        "id": it.id,
+        "query": query,
+        "rows": rows,
+        "answer": outputs.get("answer"),
+        "error": error,
+        "confidence": outputs.get("confidence"),
+        "correct": execution_match(rows, it.answers),
+        "f1": answer_f1(rows, it.answers),
+        "valid": bool(query) and error is None,  # the chosen query ran without an error
+        "timings": {
+            "total": round(time.perf_counter() - t0, 4),
+            "ttft": trace.ttft if trace else None,
+            "stages": {s.name: round(s.seconds, 4) for s in trace.stages} if trace else {},
+        },
+        "tokens": {"in": trace.tokens_in if trace else 0, "out": trace.tokens_out if trace else 0},
+    }
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return 0.0
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def _report(pipeline: str, dataset: str, items: list[KgqaItem], rows: list[dict[str, Any]], seconds: float) -> KgqaReport:
+    acc = [1.0 if r["correct"] else 0.0 for r in rows]
+    f1 = [float(r["f1"]) for r in rows]
+    lat = [float(r["timings"]["total"]) for r in rows]
+    n = len(rows)
+    return KgqaReport(
+        pipeline=pipeline,
+        dataset=dataset,
+        n=n,
+        execution_accuracy=sum(acc) / n,
+        execution_accuracy_ci=bootstrap_ci(acc),
+        answer_f1=sum(f1) / n,
+        answer_f1_ci=bootstrap_ci(f1),
+        valid_query_rate=sum(1 for r in rows if r.get("valid")) / n,
+        latency_p50=_pct(lat, 0.5),
+        latency_p95=_pct(lat, 0.95),
+        tokens_in=sum(r["tokens"]["in"] for r in rows),
+        tokens_out=sum(r["tokens"]["out"] for r in rows),
+        seconds=seconds,
+    )

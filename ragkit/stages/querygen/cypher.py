@@ -1,0 +1,64 @@
+"""Text-to-Cypher with a local model, the schema, linked entities and retrieved few-shot examples.
+
+Replies are cleaned (code fences and trailing prose removed) and checked by the read-only guard and
+against the schema's node labels and relationship types. See :mod:`ragkit.stages.querygen.base`
+for how candidates are made.
+
+Example:
+    >>> from ragkit.stages.querygen.cypher import CypherQueryGenerator
+    >>> from ragkit.stores.base import GraphSchema, SchemaClass
+    >>> from ragkit.testing import ScriptedLLM
+    >>> schema = GraphSchema(language="cypher", classes=(SchemaClass(name="Person"),))
+    >>> gen = CypherQueryGenerator(llm=ScriptedLLM(responses=["```cypher\\nMATCH (p:Persn) RETURN p.name\\n```"]))
+    >>> gen.run(question="Who?", graph_schema=schema, schema_text="", examples=[]).generated.candidates[0].error
+    'unknown label :Persn (the schema has: Person)'
+"""
+
+from __future__ import annotations
+
+from ragkit.core.component import register_stage
+from ragkit.errors import QueryError
+from ragkit.query.cypher import extract_cypher, unknown_cypher_terms
+from ragkit.query.guard import check_read_only
+from ragkit.stages.querygen.base import QueryGenerator
+from ragkit.stores.base import GraphSchema
+
+__all__ = ["CypherQueryGenerator", "DEFAULT_CYPHER_INSTRUCTIONS"]
+
+DEFAULT_CYPHER_INSTRUCTIONS = (
+    "You write one Cypher query that answers the user's question over the property graph described below. "
+    "Use only the node labels, relationship types and properties listed, in the directions shown. "
+    "Match names exactly as written in the question. Reply with the Cypher query only."
+)
+
+
+@register_stage("cypher_generator")
+class CypherQueryGenerator(QueryGenerator):
+    """Writes Cypher for a question with a local LLM, from the schema, linked values and examples.
+
+    Args:
+        llm: the language model resource.
+        store: optional graph store: candidates are executed (read-only, 5 rows) and one that
+            returns nothing counts as a failure, so more candidates or a repair follow.
+        num_candidates: beams tried when the greedy query fails.
+        max_new_tokens: token limit for one query.
+        repair_rounds: correction rounds when every candidate fails.
+        instructions: the system instructions placed before the schema.
+    """
+
+    language = "cypher"
+    default_instructions = DEFAULT_CYPHER_INSTRUCTIONS
+
+    def postprocess(self, text: str, schema: GraphSchema) -> str:
+        return extract_cypher(text)
+
+    def check(self, query: str, schema: GraphSchema) -> str | None:
+        try:
+            check_read_only(query, "cypher")
+        except QueryError as e:
+            return str(e)
+        bad = unknown_cypher_terms(query, schema)
+        if bad:
+            labels = ", ".join(c.name for c in schema.classes[:12])
+            return f"unknown {', '.join(bad)} (the schema has: {labels})"
+        return None

@@ -1,0 +1,95 @@
+"""The real bundled models: SmolLM2-135M-Instruct (GGUF, converted once) and all-MiniLM-L6-v2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ragkit import Pipeline
+from ragkit.core.metrics import StageTrace, recording, streaming_to
+from ragkit.models.base import ChatMessage
+from ragkit.models.embedder import SentenceEmbedder
+from ragkit.models.llm import LocalLLM, choose_device, resolve_model_path
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def llm() -> LocalLLM:
+    model = LocalLLM(device="cpu")
+    model.warm_up()
+    return model
+
+
+def test_bundled_gguf_converts_once_into_a_cached_hf_folder(llm: LocalLLM) -> None:
+    path = resolve_model_path(None)
+    assert (path / "config.json").is_file()
+    assert resolve_model_path(None) == path  # second call: the cache, no new conversion
+    assert llm.path == path
+
+
+def test_device_and_dtype_are_chosen_for_this_machine() -> None:
+    device, dtype = choose_device()
+    assert device in ("cpu", "cuda")
+    assert dtype in ("float32", "bfloat16", "float16")
+
+
+def test_generation_is_greedy_and_reproducible(llm: LocalLLM) -> None:
+    msgs = [ChatMessage(role="user", content="What is the capital of France? Answer in one word.")]
+    a = llm.generate(msgs, max_new_tokens=8)
+    b = llm.generate(msgs, max_new_tokens=8)
+    assert a.text == b.text
+    assert "Paris" in a.text
+    assert a.stats.tokens_in == llm.count_tokens(llm.render(msgs))
+    assert 0 < a.stats.tokens_out <= 9
+
+
+def test_streaming_sends_pieces_that_join_to_the_text_and_records_ttft_tpot(llm: LocalLLM) -> None:
+    pieces: list[str] = []
+    trace = StageTrace(name="gen", type="test")
+    with streaming_to(pieces.append), recording(trace):
+        gen = llm.generate("Count: one, two, three,", max_new_tokens=12, stream=True)
+    assert len(pieces) > 1
+    assert "".join(pieces).strip() == gen.text.strip()
+    assert trace.tokens_out == gen.stats.tokens_out
+    assert trace.ttft is not None and 0 < trace.ttft <= trace.seconds
+    assert trace.tpot is not None and trace.tpot > 0
+
+
+def test_beam_candidates_are_distinct_and_scored(llm: LocalLLM) -> None:
+    gen = llm.generate("The three primary colours are", max_new_tokens=6, num_return_sequences=3)
+    assert len(gen.texts) == 3
+    assert len(set(gen.texts)) == 3
+    assert len(gen.scores) == 3 and all(s <= 0 for s in gen.scores)
+
+
+def test_stop_strings_end_generation(llm: LocalLLM) -> None:
+    gen = llm.generate("List: apple, banana, cherry, date, elderberry, fig,", max_new_tokens=30, stop=[","])
+    assert "," not in gen.text
+
+
+def test_one_loaded_model_per_configuration_is_shared() -> None:
+    a, b = LocalLLM(device="cpu"), LocalLLM(device="cpu")
+    a.warm_up()
+    b.warm_up()
+    assert a.hf_model is b.hf_model
+
+
+def test_a_missing_model_path_says_what_to_do(tmp_path) -> None:
+    from ragkit.errors import ModelError
+
+    with pytest.raises(ModelError, match="local Hugging Face folder"):
+        LocalLLM(model=str(tmp_path / "nope")).warm_up()
+
+
+def test_embedder_gives_unit_vectors_that_rank_paraphrases_first() -> None:
+    emb = SentenceEmbedder(device="cpu")
+    vecs = emb.embed(["Who wrote the novel?", "Which author wrote the book?", "The river floods in spring."])
+    assert vecs.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-4)
+    assert vecs[0] @ vecs[1] > vecs[0] @ vecs[2]
+
+
+def test_two_stages_naming_one_llm_resource_share_one_instance() -> None:
+    pipe = Pipeline.from_yaml("pipelines/kgqa_sparql.yaml")
+    assert pipe.stages["querygen"].llm is pipe.stages["generate"].llm is pipe.stages["prompt"].llm
