@@ -70,6 +70,9 @@ class SentenceEmbedder(Embedder):
             from sentence_transformers import SentenceTransformer
         except ImportError:
             raise MissingDependencyError("sentence-transformers", "models", "the sentence embedder") from None
+        from ragkit.models.llm import quiet_progress_bars
+
+        quiet_progress_bars()
         folder = _bundled_folder() if self.model_name in (None, BUNDLED_EMBEDDER) else Path(self.model_name).expanduser()
         if not folder.is_dir():
             raise ModelError(f"embedder folder {folder} does not exist (give a local sentence-transformers folder)")

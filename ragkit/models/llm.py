@@ -121,6 +121,17 @@ def _convert_gguf(gguf: Path) -> Path:
     return target
 
 
+def quiet_progress_bars() -> None:
+    """Hide transformers' per-load progress bars unless ragkit logs at INFO or below."""
+    if logging.getLogger("ragkit").isEnabledFor(logging.INFO):
+        return
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+
+
 def _cpu_has_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -220,6 +231,7 @@ class LocalLLM(LLM):
         if threads:
             torch.set_num_threads(threads)
         self.path = resolve_model_path(self.model_name)
+        quiet_progress_bars()
         device, dtype = choose_device(self.device, self.dtype)
         self.device_used, self.dtype_used = device, dtype
         key = (str(self.path), device, dtype)

@@ -114,7 +114,7 @@ def unbound_variables(query: str) -> list[str]:
     """
     q = _strip_literals(query)
     m = re.search(r"(?is)\bSELECT\b(.*?)(?:\bWHERE\b|\{)", q)
-    if not m or "*" in m.group(1):
+    if not m or re.fullmatch(r"(?is)\s*(DISTINCT|REDUCED)?\s*\*\s*", m.group(1)):
         return []
     head, body = m.group(1), q[m.end() :]
     # only the WHERE block binds: GROUP BY / ORDER BY after its closing brace do not

@@ -17,11 +17,7 @@ from ragkit import Pipeline
 from ragkit.eval.textqa import evaluate_textqa, read_textqa
 from ragkit.stages.prompts.builder import ABSTAIN_NOTICE
 
-pytestmark = [
-    pytest.mark.integration,
-    # sentence-transformers 6 renamed a method ragkit.models.embedder still calls; harmless here.
-    pytest.mark.filterwarnings("ignore:The `get_sentence_embedding_dimension` method:FutureWarning"),
-]
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "fixtures" / "text"

@@ -113,6 +113,10 @@ class BM25Index:
             from ragkit.errors import MissingDependencyError
 
             raise MissingDependencyError("bm25s", "models", "the bm25s BM25 backend") from None
+        # bm25s pins its logger at DEBUG when imported, which prints its internals under any
+        # logging configuration: let the application's settings decide instead.
+        if logging.getLogger("bm25s").level == logging.DEBUG:
+            logging.getLogger("bm25s").setLevel(logging.NOTSET)
         try:
             import Stemmer
 
