@@ -40,6 +40,8 @@ class GenerationStats:
     seconds: float = 0.0
     inter_token: list[float] = field(default_factory=list)
     """Gaps between consecutive output tokens."""
+    cached_tokens: int = 0
+    """Prompt tokens whose key/value cache was reused instead of recomputed."""
 
     @property
     def tpot(self) -> float | None:

@@ -43,16 +43,21 @@ def embed_texts(embedder: Embedder, texts: Sequence[str], *, batch_size: int = 6
             bar = tqdm(total=len(texts), desc=desc, unit="text", leave=False)
         except ImportError:  # the bar is a nicety: embedding goes on without it
             bar = None
-    parts = []
+    if not len(texts):
+        return np.zeros((0, int(embedder.dimension)), dtype="float32")
+    # Batches of similar length waste little on padding: embed longest first, then restore the order.
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    out: Any = None
     try:
-        for i in range(0, len(texts), batch_size):
-            batch = list(texts[i : i + batch_size])
-            parts.append(np.asarray(embedder.embed(batch), dtype="float32"))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            vecs = np.asarray(embedder.embed([texts[i] for i in idx]), dtype="float32")
+            if out is None:
+                out = np.empty((len(texts), vecs.shape[1]), dtype="float32")
+            out[idx] = vecs
             if bar is not None:
-                bar.update(len(batch))
+                bar.update(len(idx))
     finally:
         if bar is not None:
             bar.close()
-    if not parts:
-        return np.zeros((0, int(embedder.dimension)), dtype="float32")
-    return np.concatenate(parts, axis=0)
+    return out

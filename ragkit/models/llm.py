@@ -199,6 +199,8 @@ class LocalLLM(LLM):
         device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1``...
         dtype: ``auto`` (bf16 where the hardware supports it), ``float32``, ``bfloat16``, ``float16``.
         threads: CPU threads for torch; None keeps torch's default (or ``$RAGKIT_NUM_THREADS``).
+        prefix_cache: keep the key/value cache of recent prompts and skip recomputing the longest
+            prefix a new prompt shares with one of them (single-sequence generation only).
 
     Example:
         >>> llm = LocalLLM(device="cpu")
@@ -213,8 +215,12 @@ class LocalLLM(LLM):
         device: str = "auto",
         dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
         threads: int | None = None,
+        prefix_cache: bool = True,
     ) -> None:
         self.model_name = model
+        self.prefix_cache = prefix_cache
+        self._prefixes: list[tuple[list[int], Any]] = []
+        self._cache_lock = threading.Lock()
         self.device = device
         self.dtype = dtype
         self.threads = threads
@@ -254,6 +260,7 @@ class LocalLLM(LLM):
     def teardown(self) -> None:
         # The weights stay in the process cache for other users of the same configuration.
         self._model = self._tok = None
+        self._prefixes = []
 
     @property
     def tokenizer(self) -> Any:
@@ -265,6 +272,43 @@ class LocalLLM(LLM):
         """The underlying transformers model (for benchmarks and advanced use)."""
         self.warm_up()
         return self._model
+
+    # -- prefix KV cache ------------------------------------------------------------------------
+    # Prompts of one pipeline share long prefixes (instructions + schema; a repair round repeats the
+    # whole first prompt). On a CPU the prefill of those tokens dominates latency, so the key/value
+    # cache of recent prompts is kept and the longest shared prefix is not computed again.
+    _PREFIX_MIN = 32
+    _PREFIX_ENTRIES = 4
+
+    def _prefix_lookup(self, ids: list[int]) -> tuple[int, Any]:
+        import copy
+
+        best, best_len = None, 0
+        with self._cache_lock:
+            for key, cache in self._prefixes:
+                n = 0
+                limit = min(len(key), len(ids) - 1)  # at least one new token must be processed
+                while n < limit and key[n] == ids[n]:
+                    n += 1
+                if n > best_len:
+                    best, best_len = cache, n
+            if best is None or best_len < self._PREFIX_MIN:
+                return 0, None
+            cache = copy.deepcopy(best)
+        _truncate(cache, best_len)
+        return best_len, cache
+
+    def _prefix_store(self, ids: list[int], cache: Any) -> None:
+        import copy
+
+        try:
+            kept = copy.deepcopy(cache)
+            _truncate(kept, len(ids))
+        except (AttributeError, TypeError, RuntimeError, ValueError):  # a cache type without crop(): no reuse
+            return
+        with self._cache_lock:
+            self._prefixes = [(k, c) for k, c in self._prefixes if k != ids][-(self._PREFIX_ENTRIES - 1) :]
+            self._prefixes.append((ids, kept))
 
     def render(self, messages: Sequence[ChatMessage]) -> str:
         self.warm_up()
@@ -314,11 +358,18 @@ class LocalLLM(LLM):
             kwargs.update(stop_strings=list(stop), tokenizer=self._tok)
         start = time.perf_counter()
         streamer = None
+        reused = 0
         if num_return_sequences == 1:
             streamer = _TimingStreamer(self._tok, start, forward=stream and is_streaming())
             kwargs["streamer"] = streamer
+            if self.prefix_cache:
+                reused, cache = self._prefix_lookup(enc["input_ids"][0].tolist())
+                if cache is not None:
+                    kwargs["past_key_values"] = cache
         with torch.inference_mode():
             out = self._model.generate(**enc, **kwargs)
+        if num_return_sequences == 1 and self.prefix_cache and getattr(out, "past_key_values", None) is not None:
+            self._prefix_store(enc["input_ids"][0].tolist(), out.past_key_values)
         seconds = time.perf_counter() - start
         seqs = out.sequences[:, n_in:]
         texts, scores, n_out = [], [], 0
@@ -340,7 +391,7 @@ class LocalLLM(LLM):
                 row = trans[i][:length].float()
                 row = row[torch.isfinite(row)]
                 scores.append(float(row.mean()) if len(row) else 0.0)
-        stats = GenerationStats(tokens_in=n_in * num_return_sequences, tokens_out=n_out, seconds=seconds)
+        stats = GenerationStats(tokens_in=n_in * num_return_sequences, tokens_out=n_out, seconds=seconds, cached_tokens=reused)
         if streamer is not None and streamer.first is not None:
             stats.ttft = streamer.first
             stats.inter_token = [b - a for a, b in zip(streamer.times, streamer.times[1:])]
@@ -348,6 +399,13 @@ class LocalLLM(LLM):
             stats.ttft = seconds if n_out else None
         record(stats)
         return Generation(texts=tuple(texts), scores=tuple(scores), stats=stats)
+
+
+def _truncate(cache: Any, length: int) -> None:
+    """Keep the first ``length`` positions of a transformers cache (``crop`` takes a negative count)."""
+    extra = int(cache.get_seq_length()) - length
+    if extra > 0:
+        cache.crop(-extra)
 
 
 def _as_list(x: Any) -> list[int]:

@@ -8,7 +8,9 @@ from ragkit.stores.base import GraphSchema
 
 __all__ = ["extract_cypher", "unknown_cypher_terms"]
 
-_START = re.compile(r"(?is)\b(OPTIONAL\s+MATCH|MATCH|WITH|UNWIND|CALL|RETURN)\b")
+# A query starts at its first clause. Write clauses count too (upper-case only, so prose like "create"
+# does not), so that "MERGE (n) RETURN n" reaches the read-only guard whole, not as "RETURN n".
+_START = re.compile(r"(?is)\b(OPTIONAL\s+MATCH|MATCH|WITH|UNWIND|CALL|RETURN|(?-i:CREATE|MERGE|DETACH|DELETE|SET|REMOVE|FOREACH|LOAD|DROP))\b")
 _FENCE = re.compile(r"```(?:cypher|Cypher|CYPHER|sql)?\s*\n?(.*?)(?:```|$)", re.S)
 
 
@@ -24,6 +26,10 @@ def extract_cypher(text: str) -> str:
     cut = re.search(r"(?im)^\s*(question|q|answer|values|cypher)\s*:", text)
     if cut and cut.start() > 0:
         text = text[: cut.start()]
+    # a blank line followed by something other than a clause is prose the model added after the query
+    prose = re.search(r"\n\s*\n(?!\s*(?:OPTIONAL\s+MATCH|MATCH|WITH|UNWIND|CALL|RETURN|WHERE|ORDER\s+BY|SKIP|LIMIT|UNION)\b)", text, re.I)
+    if prose:
+        text = text[: prose.start()]
     return text.strip().rstrip(";").strip()
 
 
@@ -38,10 +44,11 @@ def unknown_cypher_terms(query: str, schema: GraphSchema) -> list[str]:
     rels = {p.name for p in schema.properties if p.kind == "relationship"}
     bad: list[str] = []
     # (n:Label:Other) and (:Label) — labels inside node patterns
-    for m in re.finditer(r"\(\s*\w*\s*((?::\s*`?[\w ]+?`?\s*)+)[\s{)]", q):
-        for lab in re.findall(r":\s*`?([\w ]+?)`?(?=\s*[:\s{)])", m.group(1) + " "):
-            if lab.strip() and lab.strip() not in labels:
-                bad.append(f"label :{lab.strip()}")
+    for m in re.finditer(r"\(\s*\w*\s*((?::\s*(?:`[^`]+`|\w+)\s*)+)(?=[\s{)])", q):
+        for quoted, plain in re.findall(r":\s*(?:`([^`]+)`|(\w+))", m.group(1)):
+            lab = (quoted or plain).strip()
+            if lab and lab not in labels:
+                bad.append(f"label :{lab}")
     # -[r:TYPE|OTHER*1..2]-
     for m in re.finditer(r"\[\s*\w*\s*:\s*([\w|`: ]+)", q):
         for t in re.split(r"[|:]", m.group(1)):

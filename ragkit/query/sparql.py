@@ -12,6 +12,7 @@ _START = re.compile(r"(?is)\b(PREFIX|BASE|SELECT|ASK|CONSTRUCT|DESCRIBE)\b")
 _FENCE = re.compile(r"```(?:sparql|SPARQL|cypher|sql)?\s*\n?(.*?)(?:```|$)", re.S)
 _PREFIXED = re.compile(r"(?<![\w<?$])([A-Za-z][\w-]*)?:([A-Za-z_][\w-]*)")
 _DECLARED = re.compile(r"(?i)PREFIX\s+([A-Za-z][\w-]*)?:\s*<([^>]*)>")
+_MODIFIER = r"(?:GROUP\s+BY|HAVING|ORDER\s+BY|LIMIT|OFFSET)\b[^{}\n]*"
 
 
 def extract_query(text: str) -> str:
@@ -56,9 +57,11 @@ def _balance_braces(q: str) -> str:
                 end = i
                 # keep solution modifiers after the closing brace (GROUP BY, ORDER BY, LIMIT, ...)
                 rest = q[i + 1 :]
-                mod = re.match(r"(?is)(\s*(GROUP\s+BY|HAVING|ORDER\s+BY|LIMIT|OFFSET)\b[^{}]*?)(?=\n\s*\n|$)", rest)
+                # (whole lines that start with one; prose after them or after the last LIMIT/OFFSET n is dropped)
+                mod = re.match(rf"(?i)\s*{_MODIFIER}(?:[ \t]*\n\s*{_MODIFIER})*", rest)
                 if mod:
-                    return (q[: i + 1] + mod.group(1)).strip()
+                    last = re.match(r"(?is).*\b(?:LIMIT|OFFSET)\s+\d+", mod.group(0))
+                    return (q[: i + 1] + (last or mod).group(0)).strip()
                 return q[: end + 1]
     if depth > 0 and not in_str:
         return q + " }" * depth

@@ -27,6 +27,14 @@ _NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*(?![\w])")
 _WORD = re.compile(r"<[EN]>|[\w'’-]+|[^\w\s]")
 
 
+def _joins_name(tokens: list[str], j: int) -> bool:
+    """Whether ``tokens[j:]`` is lower-case joiners ("of", "of the") followed by a capitalised word."""
+    k = j
+    while k < len(tokens) and tokens[k] in ("of", "the", "and", "de", "von"):
+        k += 1
+    return j < k < len(tokens) and tokens[k][:1].isupper()
+
+
 def question_skeleton(question: str, names: Iterable[str] = ()) -> str:
     """``question`` with quoted strings, known ``names``, capitalised name spans and numbers masked.
 
@@ -50,7 +58,7 @@ def question_skeleton(question: str, names: Iterable[str] = ()) -> str:
             j = i + 1
             while j < len(tokens) and (
                 (tokens[j][:1].isupper() and tokens[j].lower() not in _NOT_NAMES - {"the", "of", "and", "a"})
-                or (tokens[j] in ("of", "the", "and", "de", "von") and j + 1 < len(tokens) and tokens[j + 1][:1].isupper())
+                or _joins_name(tokens, j)
             ):
                 j += 1
             out.append("<E>")

@@ -1,0 +1,90 @@
+"""Cypher text utilities: extracting a query from a model's reply and checking its labels and
+relationship types against the schema."""
+
+from __future__ import annotations
+
+import pytest
+
+from ragkit.query.cypher import extract_cypher, unknown_cypher_terms
+from ragkit.stores.base import GraphSchema, SchemaClass, SchemaProperty
+
+Q = "MATCH (p:Person)-[:LIVES_IN]->(c:City) RETURN c.name"
+
+SCHEMA = GraphSchema(
+    language="cypher",
+    classes=(SchemaClass(name="Person"), SchemaClass(name="City"), SchemaClass(name="Film Star")),
+    properties=(
+        SchemaProperty(name="LIVES_IN", kind="relationship", domains=("Person",), ranges=("City",)),
+        SchemaProperty(name="ACTED_IN", kind="relationship", domains=("Film Star",), ranges=("City",)),
+        SchemaProperty(name="name", kind="node_property", domains=("Person",), ranges=("STRING",)),
+    ),
+)
+
+
+# ---- extract_cypher -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Q,
+        f"{Q};",
+        f"```cypher\n{Q};\n```\nThis returns the city's name.",
+        f"```Cypher\n{Q}\n```",
+        f"```\n{Q}\n```",
+        f"Here you go: {Q};",
+        f"Cypher: {Q}",
+        f"{Q}\nQuestion: Who lives in Oslo?\nMATCH (x) RETURN x",
+        f'{Q}\nValues: "Ann"',
+        f"{Q}\n\nThis query returns the name of the city.",
+        f"{Q};\n\n",
+    ],
+)
+def test_extract_cypher_strips_fences_prose_turns_and_semicolons(reply: str) -> None:
+    assert extract_cypher(reply) == Q
+
+
+def test_extract_cypher_keeps_multiline_queries_and_optional_match() -> None:
+    q = 'MATCH (p:Person)\nWHERE p.name = "Ann"\nRETURN p'
+    assert extract_cypher(q) == q
+    spaced = "MATCH (p:Person)\n\nWHERE p.name = 'Ann'\n\nRETURN p"
+    assert extract_cypher(spaced + ";\n\nNote: it works.") == spaced
+    assert extract_cypher("OPTIONAL MATCH (a) RETURN a") == "OPTIONAL MATCH (a) RETURN a"
+    assert extract_cypher("WITH 1 AS x RETURN x") == "WITH 1 AS x RETURN x"
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["MERGE (n:Person {name: 'x'}) RETURN n", "CREATE (n:City) RETURN n", "DETACH DELETE n", "MATCH (n) SET n.x = 1 RETURN n"],
+)
+def test_extract_cypher_keeps_a_leading_write_clause_for_the_guard(query: str) -> None:
+    assert extract_cypher(f"Sure, here it is: {query};") == query
+
+
+def test_extract_cypher_skips_prose_that_merely_mentions_a_write_word() -> None:
+    assert extract_cypher(f"Let me create and set up the query: {Q}") == Q
+
+
+# ---- unknown_cypher_terms -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("query", "bad"),
+    [
+        (Q, []),
+        ("MATCH p=(a:Person)-[:LIVES_IN]->(:City) RETURN p", []),
+        ('MATCH (a:Person {name: "Ann"}) RETURN a', []),
+        ('MATCH (a:Person{name:"Ann"}) RETURN a', []),
+        ("MATCH (a:Person) RETURN a.name AS x, count(*) AS n", []),
+        ("MATCH (p:Persn)-[:LIVES]->(c:Town) RETURN c", ["label :Persn", "label :Town", "relationship :LIVES"]),
+        ("MATCH (:Person:Ghost) RETURN 1", ["label :Ghost"]),
+        ("MATCH (p : Person : Ghost ) RETURN 1", ["label :Ghost"]),
+        ("MATCH (a)-[r:LIVES_IN|WORKS_IN*1..2]-(b) RETURN a", ["relationship :WORKS_IN"]),
+        ("MATCH (a:Person)\nWITH a MATCH (a)-[:KNOWS]->(b) RETURN b", ["relationship :KNOWS"]),
+        ("MATCH (a:Ghost)-[:LIVES_IN]->(b:Ghost) RETURN b", ["label :Ghost"]),  # reported once
+        # look-alikes inside strings are not labels
+        ('MATCH (a:Person) WHERE a.name = "(b:Bad)" RETURN a', []),
+        ('MATCH (p:Person {name: "x:Foo"}) RETURN p', []),
+        # back-ticked names may contain spaces
+        ("MATCH (a:`Film Star`)-[:`ACTED_IN`]->(c) RETURN a", []),
+        ("MATCH (a:`Film Starr`:Person) RETURN a", ["label :Film Starr"]),
+    ],
+)
+def test_unknown_cypher_terms(query: str, bad: list[str]) -> None:
+    assert unknown_cypher_terms(query, SCHEMA) == bad

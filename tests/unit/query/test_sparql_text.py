@@ -1,0 +1,161 @@
+"""SPARQL text utilities: extracting a query from a model's reply, completing prefixes, parsing, and
+finding projected variables that the WHERE block never binds."""
+
+from __future__ import annotations
+
+import pytest
+
+from ragkit.query.sparql import add_missing_prefixes, extract_query, parse_error, unbound_variables
+
+Q = "SELECT ?x WHERE { ?x a ex:Book }"
+
+
+# ---- extract_query ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Q,
+        f"```sparql\n{Q}\n```",
+        f"```SPARQL\n{Q}\n```\nThis query finds every book.",
+        f"```\n{Q}\n```",
+        f"Here is the query:\n{Q}\n\nIt lists all the books.",
+        f"{Q}\nThe query above lists the books.",
+        f"{Q}\nQuestion: Who wrote it?\nSELECT ?y WHERE {{ ?y ?p ?o }}",
+        f"{Q}\n\nquestion: Where is it?\n{Q}",
+        f"SPARQL: {Q}",
+        f"  \n{Q}  \n",
+    ],
+)
+def test_extract_query_strips_fences_prose_and_invented_turns(reply: str) -> None:
+    assert extract_query(reply) == Q
+
+
+def test_extract_query_keeps_prefixes_and_ask() -> None:
+    q = "PREFIX ex: <http://ex/>\nASK { ?x ex:p ?y }"
+    assert extract_query(f"Sure!\n{q}\nThat is all.") == q
+
+
+def test_extract_query_closes_unbalanced_braces() -> None:
+    assert extract_query("SELECT ?x WHERE { ?x a ex:Book . { ?x ex:p ?y ") == "SELECT ?x WHERE { ?x a ex:Book . { ?x ex:p ?y } }"
+    assert extract_query("SELECT ?x WHERE { ?x ex:p ?y") == "SELECT ?x WHERE { ?x ex:p ?y }"
+
+
+def test_extract_query_ignores_braces_inside_strings() -> None:
+    q = 'SELECT ?x WHERE { ?x ex:name "a } b" }'
+    assert extract_query(q + "\nSome prose.") == q
+    assert extract_query('SELECT ?x WHERE { ?x ex:name "{" ') == 'SELECT ?x WHERE { ?x ex:name "{" }'
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (
+            "SELECT ?a (COUNT(?b) AS ?n) WHERE { ?a ex:wrote ?b } GROUP BY ?a ORDER BY DESC(?n) LIMIT 3\n\nThis counts books.",
+            "SELECT ?a (COUNT(?b) AS ?n) WHERE { ?a ex:wrote ?b } GROUP BY ?a ORDER BY DESC(?n) LIMIT 3",
+        ),
+        (
+            "SELECT (COUNT(?x) AS ?n) WHERE { ?x ?p ?o } GROUP BY ?p HAVING (COUNT(?x) > 1)",
+            "SELECT (COUNT(?x) AS ?n) WHERE { ?x ?p ?o } GROUP BY ?p HAVING (COUNT(?x) > 1)",
+        ),
+        (
+            "SELECT ?a WHERE { ?a ex:p ?b }\nGROUP BY ?a\nORDER BY ?a\nLIMIT 3 OFFSET 6\nThis pages through them.",
+            "SELECT ?a WHERE { ?a ex:p ?b }\nGROUP BY ?a\nORDER BY ?a\nLIMIT 3 OFFSET 6",
+        ),
+        # prose right after a modifier line (no blank line), or on the LIMIT line itself
+        ("SELECT ?x WHERE { ?x ?p ?o } LIMIT 5\nThis query lists five things.", "SELECT ?x WHERE { ?x ?p ?o } LIMIT 5"),
+        ("SELECT ?x WHERE { ?x ?p ?o } ORDER BY ?x\nThe query sorts them.", "SELECT ?x WHERE { ?x ?p ?o } ORDER BY ?x"),
+        ("SELECT ?x WHERE { ?x ?p ?o } LIMIT 5.", "SELECT ?x WHERE { ?x ?p ?o } LIMIT 5"),
+        ('SELECT ?x WHERE { ?x ?p ?o } LIMIT 10\nValues: "Ann"', "SELECT ?x WHERE { ?x ?p ?o } LIMIT 10"),
+    ],
+)
+def test_extract_query_keeps_solution_modifiers_and_drops_what_follows(reply: str, expected: str) -> None:
+    assert extract_query(reply) == expected
+    assert parse_error("PREFIX ex: <http://ex/>\n" + expected) is None
+
+
+def test_extract_query_drops_a_trailing_update_after_the_where_block() -> None:
+    assert extract_query("SELECT * WHERE { ?s ?p ?o } ; DROP ALL") == "SELECT * WHERE { ?s ?p ?o }"
+
+
+def test_extract_query_of_no_query_returns_the_text() -> None:
+    assert extract_query("I don't know.") == "I don't know."
+    assert extract_query("") == ""
+
+
+# ---- add_missing_prefixes -----------------------------------------------------------------------
+PREFIXES = {"ex": "http://ex/", "foo": "http://foo/", "http": "http://wrong/", "rdfs": "http://www.w3.org/2000/01/rdf-schema#", "": "http://d/"}
+
+
+def test_add_missing_prefixes_declares_only_used_and_known_ones() -> None:
+    q = "SELECT ?x WHERE { ?x ex:p ?y . ?x rdfs:label ?l . ?x unknown:q ?z }"
+    out = add_missing_prefixes(q, PREFIXES)
+    assert out.splitlines()[:2] == ["PREFIX ex: <http://ex/>", "PREFIX rdfs: <http://www.w3.org/2000/01/rdf-schema#>"]
+    assert out.endswith(q) and "unknown" not in out.split("SELECT")[0] and "foo" not in out
+
+
+def test_add_missing_prefixes_ignores_prefixes_inside_strings_and_iris() -> None:
+    q = 'SELECT ?x WHERE { ?x <http://ex/p> "foo:bar" ; <http://ex/q> \'ex:baz\' ; <urn:foo:x> ?y }'
+    assert add_missing_prefixes(q, PREFIXES) == q
+
+
+def test_add_missing_prefixes_keeps_declared_ones_and_handles_the_empty_prefix() -> None:
+    declared = "PREFIX ex: <http://elsewhere/>\nSELECT ?x WHERE { ?x ex:p ?y }"
+    assert add_missing_prefixes(declared, PREFIXES) == declared  # the query's own declaration wins
+    assert add_missing_prefixes("SELECT ?x WHERE { ?x :singer\\#name ?y }", PREFIXES).startswith("PREFIX : <http://d/>\n")
+    assert add_missing_prefixes("SELECT ?x WHERE { ?x ?p ?y }", PREFIXES) == "SELECT ?x WHERE { ?x ?p ?y }"
+
+
+def test_completed_query_parses() -> None:
+    q = add_missing_prefixes("SELECT ?l WHERE { ?x rdfs:label ?l ; ex:p ?y }", PREFIXES)
+    assert parse_error(q) is None
+
+
+# ---- parse_error --------------------------------------------------------------------------------
+def test_parse_error() -> None:
+    assert parse_error("SELECT ?x WHERE { ?x ?p ?o }") is None
+    assert parse_error("ASK { ?x ?p ?o }") is None
+    assert parse_error("SELECT ?x WHERE { ?x ?p }")  # a missing object
+    assert parse_error("SELECT ?x WHERE { ?x undeclared:p ?o }")  # an undeclared prefix
+    assert parse_error("not a query at all")
+
+
+# ---- unbound_variables --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("query", "unbound"),
+    [
+        ("SELECT ?x ?y WHERE { ?x ?p ?o }", ["y"]),
+        ("SELECT ?x WHERE { ?s ?p ?o }", ["x"]),
+        ("SELECT ?s WHERE { ?s ?p ?o }", []),
+        ("SELECT $x WHERE { ?x ?p ?o }", []),
+        ("SELECT DISTINCT ?x WHERE { ?x ?p ?o }", []),
+        ("SELECT REDUCED ?x WHERE { ?s ?p ?o }", ["x"]),
+        # COUNT(*) is not SELECT *
+        ("SELECT (COUNT(*) AS ?n) WHERE { ?s ?p ?o }", []),
+        ("SELECT ?x (COUNT(*) AS ?n) WHERE { ?s ?p ?o }", ["x"]),
+        ("SELECT ?x (COUNT(*) AS ?n) WHERE { ?x ?p ?o } GROUP BY ?x", []),
+        # SELECT * projects only what is bound
+        ("SELECT * WHERE { ?s ?p ?o }", []),
+        ("SELECT DISTINCT * { ?s ?p ?o }", []),
+        # an alias is bound by its expression; the variables inside it must be bound
+        ("SELECT (COUNT(DISTINCT ?s) AS ?n) ?c WHERE { ?s a ?c } GROUP BY ?c", []),
+        ("SELECT (SUM(?v) AS ?t) WHERE { ?s ?p ?o }", ["v"]),
+        ("SELECT (?a AS ?b) WHERE { ?a ?p ?o }", []),
+        ("SELECT ?n WHERE { ?s ?p ?o BIND(STR(?o) AS ?n) }", []),
+        # GROUP BY / ORDER BY after the WHERE block bind nothing
+        ("SELECT ?g WHERE { ?s ?p ?o } GROUP BY ?g", ["g"]),
+        ("SELECT ?a (COUNT(?b) AS ?n) WHERE { ?a ?p ?o } GROUP BY ?a ?b", ["b"]),
+        ("SELECT ?o WHERE { ?s ?p ?x } ORDER BY ?o", ["o"]),
+        # look-alikes in strings, IRIs and comments do not bind
+        ('SELECT ?x WHERE { ?s ?p "?x" }', ["x"]),
+        ("SELECT ?x WHERE { ?s ?p ?o FILTER(?o = <http://a?x>) }", ["x"]),
+        ("SELECT ?x WHERE { ?s ?p ?o } # ?x", ["x"]),
+        ("SELECT ?x WHERE { ?s ?p ?o # ?x\n }", ["x"]),
+        # sub-selects bind for the outer query
+        ("SELECT ?s WHERE { { SELECT ?s WHERE { ?s ?p ?o } } }", []),
+        # not a SELECT
+        ("ASK { ?s ?p ?o }", []),
+        ("CONSTRUCT { ?s ?p ?x } WHERE { ?s ?p ?o }", []),
+    ],
+)
+def test_unbound_variables(query: str, unbound: list[str]) -> None:
+    assert unbound_variables(query) == unbound

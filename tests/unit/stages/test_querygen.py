@@ -1,0 +1,409 @@
+"""Query generation (SPARQL and Cypher): lazy candidates (greedy, then beams, then repair), execution
+guidance, ranking, the prompt's ``Values:`` lines, the read-only guard, and the stage contract.
+
+Everything runs on :mod:`ragkit.testing` fakes: the scripted LLM records every prompt it is given,
+so ``len(llm.prompts)`` is the number of model calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ragkit import Pipeline
+from ragkit.errors import InputError
+from ragkit.models.base import ChatMessage, Generation
+from ragkit.stages.linkers.entity import EntityMention, LinkedEntities
+from ragkit.stages.querygen.base import QueryGenOutput
+from ragkit.stages.querygen.cypher import DEFAULT_CYPHER_INSTRUCTIONS, CypherQueryGenerator
+from ragkit.stages.querygen.sparql import DEFAULT_SPARQL_INSTRUCTIONS, SparqlQueryGenerator
+from ragkit.stages.schema.reader import GraphSchemaReader
+from ragkit.stores.base import GraphSchema, SchemaClass, SchemaProperty
+from ragkit.stores.examples import QueryExample
+from ragkit.testing import ScriptedLLM, TinyGraphStore
+
+TINY = "http://example.org/tiny/"
+GOOD = f"SELECT ?c WHERE {{ <{TINY}ann> <{TINY}livesIn> ?c }}"  # TinyGraphStore answers: Rome
+GOOD_BOB = f"SELECT ?c WHERE {{ <{TINY}bob> <{TINY}livesIn> ?c }}"
+EMPTY = f"SELECT ?c WHERE {{ <{TINY}nobody> <{TINY}livesIn> ?c }}"  # valid, no rows
+EMPTY2 = f"SELECT ?c WHERE {{ <{TINY}nobody2> <{TINY}livesIn> ?c }}"
+UNBOUND = f"SELECT ?x WHERE {{ <{TINY}ann> <{TINY}livesIn> ?c }}"  # projects ?x, binds ?c
+BROKEN = "SELECT ?c WHERE { ?c ?p }"  # does not parse
+REPAIR = "That query is wrong"  # what only a repair prompt contains
+QUESTION = "Where does Ann live?"
+
+
+@pytest.fixture(scope="module")
+def schema() -> Any:
+    return GraphSchemaReader(store=TinyGraphStore()).run(question=QUESTION)
+
+
+def generate(gen: SparqlQueryGenerator | CypherQueryGenerator, schema: Any, question: str = QUESTION, **kw: Any) -> QueryGenOutput:
+    return gen.run(question=question, graph_schema=schema.graph_schema, schema_text=schema.text, **kw)
+
+
+def spy_on(llm: ScriptedLLM, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record ``num_return_sequences`` of every call to ``llm.generate``."""
+    calls: list[int] = []
+    real = llm.generate
+
+    def spy(prompt: str | Sequence[ChatMessage], **kw: Any) -> Generation:
+        calls.append(kw.get("num_return_sequences", 1))
+        return real(prompt, **kw)
+
+    monkeypatch.setattr(llm, "generate", spy)
+    return calls
+
+
+# ---- defaults and construction ------------------------------------------------------------------
+def test_defaults() -> None:
+    gen = SparqlQueryGenerator(llm=ScriptedLLM())
+    assert (gen.store, gen.num_candidates, gen.max_new_tokens, gen.repair_rounds) == (None, 3, 160, 1)
+    assert gen.instructions == DEFAULT_SPARQL_INSTRUCTIONS and gen.language == "sparql"
+    assert SparqlQueryGenerator(llm=ScriptedLLM(), instructions="Be brief.").instructions == "Be brief."
+    assert CypherQueryGenerator(llm=ScriptedLLM()).instructions == DEFAULT_CYPHER_INSTRUCTIONS
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"num_candidates": 0}, "num_candidates must be at least 1"),
+        ({"repair_rounds": -1}, "repair_rounds must be 0 or more"),
+        ({"max_new_tokens": 7}, "max_new_tokens must be at least 8"),
+    ],
+)
+@pytest.mark.parametrize("cls", [SparqlQueryGenerator, CypherQueryGenerator])
+def test_constructor_rejects_bad_values(cls: type, kw: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        cls(llm=ScriptedLLM(), **kw)
+
+
+def test_construction_does_not_load_the_model() -> None:
+    llm = ScriptedLLM()
+    SparqlQueryGenerator(llm=llm, store=TinyGraphStore())
+    assert llm.setup_calls == 0 and llm.prompts == []
+
+
+def test_warm_up_loads_the_llm_once(schema: Any) -> None:
+    llm = ScriptedLLM(responses=[GOOD])
+    gen = SparqlQueryGenerator(llm=llm)
+    gen.warm_up()
+    gen.warm_up()
+    assert llm.setup_calls == 1
+    generate(gen, schema)
+    generate(gen, schema)
+    assert llm.setup_calls == 1
+
+
+@pytest.mark.parametrize("question", ["", "   \n"])
+@pytest.mark.parametrize("cls", [SparqlQueryGenerator, CypherQueryGenerator])
+def test_empty_question_is_an_input_error(schema: Any, cls: type, question: str) -> None:
+    llm = ScriptedLLM(responses=[GOOD])
+    with pytest.raises(InputError, match="the question is empty"):
+        generate(cls(llm=llm), schema, question=question)
+    assert llm.prompts == []
+
+
+# ---- lazy candidates ----------------------------------------------------------------------------
+def test_valid_greedy_reply_is_one_call(schema: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = ScriptedLLM(responses=[GOOD, EMPTY])
+    calls = spy_on(llm, monkeypatch)
+    out = generate(SparqlQueryGenerator(llm=llm, num_candidates=3), schema)
+    assert len(llm.prompts) == 1 and calls == [1]
+    assert out.query == GOOD and out.generated.query == GOOD and out.generated.valid
+    assert [(c.origin, c.error, c.rows) for c in out.generated.candidates] == [("greedy", None, None)]
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        (UNBOUND, "?x is selected but never bound"),
+        (BROKEN, "does not parse"),
+    ],
+)
+def test_invalid_greedy_reply_brings_beams_then_a_repair_that_shows_the_error(
+    schema: Any, monkeypatch: pytest.MonkeyPatch, bad: str, error: str
+) -> None:
+    llm = ScriptedLLM(responses=[bad], rules={REPAIR: GOOD})
+    calls = spy_on(llm, monkeypatch)
+    out = generate(SparqlQueryGenerator(llm=llm, num_candidates=3, repair_rounds=2), schema)
+    assert calls == [1, 3, 1]  # greedy, beams, one repair (it succeeded, so no second)
+    assert REPAIR not in llm.prompts[0] and REPAIR not in llm.prompts[1]
+    repair_prompt = llm.prompts[2]
+    assert error in repair_prompt and f"<|assistant|>\n{bad}\n" in repair_prompt
+    assert "Write the corrected SPARQL query." in repair_prompt
+    assert out.query == GOOD
+    cands = out.generated.candidates
+    assert [c.origin for c in cands] == ["repair", "greedy"]  # identical beams are not kept twice
+    assert cands[0].error is None and error in (cands[1].error or "")
+
+
+def test_no_beams_and_no_repair_when_switched_off(schema: Any) -> None:
+    llm = ScriptedLLM(responses=[UNBOUND], rules={REPAIR: GOOD})
+    out = generate(SparqlQueryGenerator(llm=llm, num_candidates=1, repair_rounds=0), schema)
+    assert len(llm.prompts) == 1
+    assert out.query == UNBOUND and not out.generated.valid
+
+
+def test_repair_rounds_are_bounded(schema: Any) -> None:
+    llm = ScriptedLLM(responses=[BROKEN])
+    out = generate(SparqlQueryGenerator(llm=llm, num_candidates=2, repair_rounds=3), schema)
+    assert len(llm.prompts) == 1 + 1 + 3
+    assert not out.generated.valid and out.query == BROKEN
+
+
+def test_a_reply_without_a_query_is_a_failed_candidate(schema: Any) -> None:
+    llm = ScriptedLLM(responses=[""])
+    out = generate(SparqlQueryGenerator(llm=llm, num_candidates=2, repair_rounds=1), schema)
+    assert len(llm.prompts) == 3 and "(no query)" in llm.prompts[2]
+    assert out.query == "" and out.generated.candidates[0].error == "the model wrote no query"
+
+
+# ---- execution guidance -------------------------------------------------------------------------
+def test_with_a_store_an_empty_result_is_a_failure(schema: Any) -> None:
+    store = TinyGraphStore()
+    llm = ScriptedLLM(responses=[EMPTY, EMPTY, GOOD])
+    out = generate(SparqlQueryGenerator(llm=llm, store=store, num_candidates=2, repair_rounds=1), schema)
+    assert len(llm.prompts) == 2  # greedy (empty), beams (one good): no repair
+    assert store.executed == [EMPTY, GOOD]
+    assert out.query == GOOD
+    assert [(c.query, c.rows) for c in out.generated.candidates] == [(GOOD, 1), (EMPTY, 0)]
+
+
+def test_with_a_store_a_result_with_rows_stops(schema: Any) -> None:
+    store = TinyGraphStore()
+    llm = ScriptedLLM(responses=[GOOD, EMPTY])
+    out = generate(SparqlQueryGenerator(llm=llm, store=store), schema)
+    assert len(llm.prompts) == 1 and store.executed == [GOOD]
+    assert out.generated.candidates[0].rows == 1 and out.generated.candidates[0].good
+
+
+def test_without_a_store_an_empty_query_is_not_run(schema: Any) -> None:
+    llm = ScriptedLLM(responses=[EMPTY, GOOD])
+    out = generate(SparqlQueryGenerator(llm=llm), schema)
+    assert len(llm.prompts) == 1 and out.query == EMPTY and out.generated.candidates[0].rows is None
+
+
+def test_empty_results_everywhere_reach_the_repair_with_a_hint(schema: Any) -> None:
+    store = TinyGraphStore()
+    llm = ScriptedLLM(responses=[EMPTY], rules={REPAIR: GOOD})
+    out = generate(SparqlQueryGenerator(llm=llm, store=store, num_candidates=2), schema)
+    assert len(llm.prompts) == 3 and "it returned no rows" in llm.prompts[2]
+    assert out.query == GOOD
+
+
+def test_a_store_error_is_the_candidates_error(schema: Any) -> None:
+    # valid SPARQL that TinyGraphStore cannot answer: it raises QueryParseError
+    odd = f"SELECT ?c WHERE {{ <{TINY}ann> <{TINY}livesIn> ?c . ?c ?p ?o }}"
+    store = TinyGraphStore()
+    llm = ScriptedLLM(responses=[odd], rules={REPAIR: GOOD})
+    out = generate(SparqlQueryGenerator(llm=llm, store=store, num_candidates=1), schema)
+    assert out.query == GOOD
+    failed = out.generated.candidates[1]
+    assert failed.query == odd and (failed.error or "").startswith("QueryParseError: ")
+    assert failed.error in llm.prompts[1]
+
+
+def test_candidates_are_ranked_good_then_valid_then_by_score(schema: Any) -> None:
+    store = TinyGraphStore()
+    # greedy: valid but empty (score -0.1); beams: broken (-0.1), valid but empty (-0.2), good (-0.3)
+    llm = ScriptedLLM(responses=[EMPTY, BROKEN, EMPTY2, GOOD])
+    out = generate(SparqlQueryGenerator(llm=llm, store=store, num_candidates=3, repair_rounds=0), schema)
+    cands = out.generated.candidates
+    assert [c.query for c in cands] == [GOOD, EMPTY, EMPTY2, BROKEN]
+    assert [c.score for c in cands] == pytest.approx([-0.3, -0.1, -0.2, -0.1])
+    assert [c.good for c in cands] == [True, False, False, False]
+    assert out.query == GOOD
+
+
+def test_without_a_good_candidate_a_valid_one_comes_before_a_likelier_broken_one(schema: Any) -> None:
+    llm = ScriptedLLM(responses=[BROKEN, BROKEN, UNBOUND, EMPTY])
+    out = generate(SparqlQueryGenerator(llm=llm, store=TinyGraphStore(), num_candidates=3, repair_rounds=0), schema)
+    assert out.query == EMPTY
+    assert [c.error is None for c in out.generated.candidates] == [True, False, False]
+
+
+# ---- the prompt -----------------------------------------------------------------------------------
+EXAMPLES = [
+    QueryExample(question="Where does Bob live?", query=f'SELECT ?c WHERE {{ ?p <{TINY}label> "Bob" . ?p <{TINY}livesIn> ?c }}'),
+    QueryExample(question="Who lives in Oslo or 'Rome'?", query=f"SELECT ?p WHERE {{ ?c <{TINY}label> 'Oslo' . ?p <{TINY}livesIn> ?c }}"),
+    QueryExample(question="List every city.", query=f"SELECT ?c WHERE {{ ?c a <{TINY}City> }}"),
+]
+ANN = LinkedEntities(mentions=[EntityMention(span="ann", value="Ann", property=f"{TINY}label", cls=f"{TINY}Person")])
+
+
+def test_values_lines_carry_linked_entities_and_each_examples_own_literals(schema: Any) -> None:
+    llm = ScriptedLLM(responses=[GOOD])
+    generate(SparqlQueryGenerator(llm=llm), schema, question="Where does ann live?", examples=EXAMPLES, entities=ANN)
+    prompt = llm.prompts[0]
+    assert prompt.startswith(f"<|system|>\n{DEFAULT_SPARQL_INSTRUCTIONS}\n\n{schema.text}\n")
+    assert f'<|user|>\nWhere does Bob live?\nValues: "Bob"\n<|assistant|>\n{EXAMPLES[0].query}\n' in prompt
+    assert f"<|user|>\nWho lives in Oslo or 'Rome'?\nValues: \"Oslo\"\n<|assistant|>\n{EXAMPLES[1].query}\n" in prompt
+    assert f"<|user|>\nList every city.\n<|assistant|>\n{EXAMPLES[2].query}\n" in prompt  # no literals, no line
+    assert prompt.endswith('<|user|>\nWhere does ann live?\nValues: "Ann"\n<|assistant|>\n')
+    assert prompt.count('Values: "Ann"') == 1 and prompt.count('Values: "Bob"') == 1
+    # the nearest example (first) sits last, next to the question
+    assert prompt.index("List every city.") < prompt.index("Who lives in Oslo") < prompt.index("Where does Bob live?")
+
+
+def test_no_values_line_without_entities(schema: Any) -> None:
+    llm = ScriptedLLM(responses=[GOOD])
+    generate(SparqlQueryGenerator(llm=llm), schema, entities=LinkedEntities())
+    assert "Values:" not in llm.prompts[0] and llm.prompts[0].endswith(f"<|user|>\n{QUESTION}\n<|assistant|>\n")
+
+
+def test_several_linked_values_are_listed_once_each() -> None:
+    gen = SparqlQueryGenerator(llm=ScriptedLLM())
+    ents = LinkedEntities(
+        mentions=[
+            EntityMention(span="Ann", value="Ann", property="p1"),
+            EntityMention(span="Ann", value="Ann", property="p2"),
+            EntityMention(span="Rome", value="Rome", property="p1"),
+        ]
+    )
+    msgs = gen.messages("Does Ann live in Rome?", "schema", [], ents)
+    assert [m.role for m in msgs] == ["system", "user"]
+    assert msgs[-1].content == 'Does Ann live in Rome?\nValues: "Ann", "Rome"'
+
+
+def test_missing_prefix_lines_are_added(schema: Any) -> None:
+    llm = ScriptedLLM(responses=["```sparql\nSELECT ?c WHERE { tiny:ann tiny:livesIn ?c }\n```\nThis finds where Ann lives."])
+    out = generate(SparqlQueryGenerator(llm=llm), schema)
+    assert out.query == f"PREFIX tiny: <{TINY}>\nSELECT ?c WHERE {{ tiny:ann tiny:livesIn ?c }}"
+    assert out.generated.valid and len(llm.prompts) == 1
+
+
+# ---- the read-only guard ------------------------------------------------------------------------
+def test_mutating_replies_are_never_executed(schema: Any) -> None:
+    store = TinyGraphStore()
+    llm = ScriptedLLM(responses=["DELETE WHERE { ?s ?p ?o }", "DROP ALL", "INSERT DATA { <a:b> <a:c> <a:d> }"], rules={REPAIR: "CLEAR ALL"})
+    out = generate(SparqlQueryGenerator(llm=llm, store=store, num_candidates=3, repair_rounds=1), schema)
+    assert store.executed == []
+    assert len(llm.prompts) == 3
+    assert not out.generated.valid
+    errors = [c.error or "" for c in out.generated.candidates]
+    assert len(errors) == 4 and all(e.startswith("refused: the query contains") and "modif" in e for e in errors)
+    assert {c.query for c in out.generated.candidates} == {"DELETE WHERE { ?s ?p ?o }", "DROP ALL", "INSERT DATA { <a:b> <a:c> <a:d> }", "CLEAR ALL"}
+    assert "refused: the query contains DELETE" in llm.prompts[2]
+
+
+# ---- pipelines ------------------------------------------------------------------------------------
+def sparql_spec(**querygen: Any) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "name": "querygen_test",
+        "resources": {
+            "llm": {"type": "scripted_llm", "responses": [EMPTY, GOOD]},
+            "graph": {"type": "tiny_graph_store"},
+        },
+        "stages": [
+            {"name": "schema", "type": "graph_schema_reader", "store": "graph", "max_tokens": 200},
+            {"name": "querygen", "type": "sparql_generator", "llm": "llm", "store": "graph", "num_candidates": 2, "max_new_tokens": 64, **querygen},
+            {"name": "retrieve", "type": "graph_query_retriever", "store": "graph"},
+        ],
+        "connections": [
+            "schema.graph_schema -> querygen.graph_schema",
+            "schema.text -> querygen.schema_text",
+            "querygen.generated -> retrieve.generated",
+        ],
+        "inputs": {"question": ["schema.question", "querygen.question"]},
+        "outputs": {"query": "retrieve.query", "rows": "retrieve.rows", "candidates": "querygen.generated"},
+    }
+
+
+def test_yaml_round_trip_of_a_sparql_generator_pipeline(tmp_path: Path) -> None:
+    pipe = Pipeline.from_dict(sparql_spec(repair_rounds=0, instructions="Write SPARQL."))
+    path = tmp_path / "p.yaml"
+    pipe.to_yaml(path)
+    again = Pipeline.from_yaml(path)
+    assert again == pipe and again.to_dict() == pipe.to_dict()
+    gen = again.stages["querygen"]
+    assert isinstance(gen, SparqlQueryGenerator)
+    assert (gen.num_candidates, gen.max_new_tokens, gen.repair_rounds, gen.instructions) == (2, 64, 0, "Write SPARQL.")
+    assert gen.store is again.resources["graph"] and gen.llm is again.resources["llm"]
+    out = again.run(question=QUESTION)
+    assert out["query"] == GOOD and out["rows"] == [[f"{TINY}rome"]]
+    assert again.resources["llm"].setup_calls == 1  # type: ignore[attr-defined]
+
+
+# ---- Cypher -----------------------------------------------------------------------------------------
+class TinyCypherStore(TinyGraphStore):
+    """The tiny fake, guarded as a Cypher store; it answers only the scripted queries."""
+
+    language = "cypher"
+
+
+CYPHER_SCHEMA = GraphSchema(
+    language="cypher",
+    classes=(SchemaClass(name="Person"), SchemaClass(name="City")),
+    properties=(
+        SchemaProperty(name="LIVES_IN", kind="relationship", domains=("Person",), ranges=("City",)),
+        SchemaProperty(name="name", kind="node_property", domains=("Person", "City"), ranges=("STRING",)),
+    ),
+)
+C_GOOD = "MATCH (p:Person {name: 'Ann'})-[:LIVES_IN]->(c:City) RETURN c.name"
+C_EMPTY = "MATCH (p:Person {name: 'Nobody'})-[:LIVES_IN]->(c:City) RETURN c.name"
+
+
+def cypher(gen: CypherQueryGenerator, question: str = QUESTION, **kw: Any) -> QueryGenOutput:
+    return gen.run(question=question, graph_schema=CYPHER_SCHEMA, schema_text="Node labels: :Person, :City", **kw)
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        ("MATCH (p:Persn)-[:LIVES_IN]->(c:City) RETURN c.name", "unknown label :Persn (the schema has: Person, City)"),
+        ("MATCH (p:Person)-[:LIVES]->(c:City) RETURN c.name", "unknown relationship :LIVES (the schema has: Person, City)"),
+    ],
+)
+def test_cypher_unknown_terms_are_reported_and_repaired(reply: str, error: str) -> None:
+    llm = ScriptedLLM(responses=[f"```cypher\n{reply};\n```"], rules={REPAIR: C_GOOD})
+    out = cypher(CypherQueryGenerator(llm=llm, num_candidates=2))
+    assert len(llm.prompts) == 3
+    assert error in llm.prompts[2] and "Write the corrected CYPHER query." in llm.prompts[2]
+    assert out.query == C_GOOD and out.generated.language == "cypher"
+    assert out.generated.candidates[1].error == error
+
+
+def test_cypher_valid_greedy_is_one_call_and_values_are_shown() -> None:
+    llm = ScriptedLLM(responses=[C_GOOD])
+    ex = [QueryExample(question="Where does Bob live?", query="MATCH (p:Person {name: 'Bob'})-[:LIVES_IN]->(c) RETURN c.name")]
+    out = cypher(CypherQueryGenerator(llm=llm), examples=ex, entities=ANN)
+    assert len(llm.prompts) == 1 and out.query == C_GOOD
+    assert "Where does Bob live?\nValues: \"Bob\"\n" in llm.prompts[0]
+    assert llm.prompts[0].endswith('Where does Ann live?\nValues: "Ann"\n<|assistant|>\n')
+
+
+def test_cypher_execution_guided() -> None:
+    store = TinyCypherStore(answers={C_EMPTY: [], C_GOOD: [["Rome"]]})
+    llm = ScriptedLLM(responses=[C_EMPTY, C_EMPTY, C_GOOD])
+    out = cypher(CypherQueryGenerator(llm=llm, store=store, num_candidates=2))
+    assert len(llm.prompts) == 2 and store.executed == [C_EMPTY, C_GOOD]
+    assert [(c.query, c.rows) for c in out.generated.candidates] == [(C_GOOD, 1), (C_EMPTY, 0)]
+
+
+def test_cypher_mutating_replies_are_never_executed() -> None:
+    store = TinyCypherStore(answers={C_GOOD: [["Rome"]]})
+    llm = ScriptedLLM(responses=["MATCH (n) DETACH DELETE n", "MERGE (n:Person {name: 'x'}) RETURN n"], rules={REPAIR: "CREATE (n:City)"})
+    out = cypher(CypherQueryGenerator(llm=llm, store=store, num_candidates=2))
+    assert store.executed == [] and not out.generated.valid
+    assert all((c.error or "").startswith("refused:") for c in out.generated.candidates)
+    assert len(out.generated.candidates) == 3
+
+
+def test_cypher_generator_yaml_round_trip() -> None:
+    spec = {
+        "version": 1,
+        "resources": {"llm": {"type": "scripted_llm", "responses": [C_GOOD]}},
+        "stages": [{"name": "querygen", "type": "cypher_generator", "llm": "llm", "num_candidates": 2, "repair_rounds": 0}],
+        "inputs": {"question": "querygen.question", "graph_schema": "querygen.graph_schema", "schema_text": "querygen.schema_text"},
+        "outputs": {"query": "querygen.query"},
+    }
+    pipe = Pipeline.from_dict(spec)
+    assert Pipeline.from_dict(pipe.to_dict()) == pipe
+    gen = pipe.stages["querygen"]
+    assert isinstance(gen, CypherQueryGenerator) and (gen.num_candidates, gen.repair_rounds) == (2, 0)
+    assert pipe.run(question=QUESTION, graph_schema=CYPHER_SCHEMA, schema_text="")["query"] == C_GOOD
