@@ -6,8 +6,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-QUESTION ?= Who wrote Ember and Ivy?
+QUESTION ?= Who wrote Cold Water Gospel?
 PYTEST_ARGS ?=
+# torch, faiss and scikit-learn each bring their own libgomp; loaded late into a busy process (a test
+# worker), the last one can fail with "cannot allocate memory in static TLS block". More optional
+# static TLS space, set before the process starts, avoids it.
+export GLIBC_TUNABLES ?= glibc.rtld.optional_static_tls=4194304
 
 .PHONY: install demo test test-unit bench clean
 

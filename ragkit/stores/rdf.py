@@ -125,6 +125,11 @@ class RdfStore(GraphStore):
         rows = self._select(
             "SELECT ?v ?p (SAMPLE(?c) AS ?cls) WHERE { ?s ?p ?v . "
             f"FILTER(isLiteral(?v) && STRLEN(STR(?v)) <= {max_chars} && (DATATYPE(?v) = <{XSD}string> || LANG(?v) != \"\")) "
+            # labels of the schema itself (classes, properties) name no entity a question asks about
+            f"FILTER NOT EXISTS {{ ?s a ?meta . FILTER(?meta IN (<{RDFS}Class>, <http://www.w3.org/2002/07/owl#Class>, "
+            "<http://www.w3.org/1999/02/22-rdf-syntax-ns#Property>, <http://www.w3.org/2002/07/owl#ObjectProperty>, "
+            "<http://www.w3.org/2002/07/owl#DatatypeProperty>)) } "
+            "FILTER NOT EXISTS { ?x a ?s } "
             f"OPTIONAL {{ ?s a ?c }} }} GROUP BY ?v ?p LIMIT {max_values}"
         )
         return [GraphValue(text=str(v), property=str(p), cls=c) for v, p, c in rows if v]

@@ -109,7 +109,8 @@ class EntityLinker(Stage):
                 if any(taken[i : i + n]):
                     continue
                 words = [w for _, _, w in spans[i : i + n]]
-                if n == 1 and (words[0].lower() in _STOP or len(words[0]) < 3):
+                # a lone lower-case word ("city") is a common noun, not a name
+                if n == 1 and (words[0].lower() in _STOP or len(words[0]) < 3 or not (words[0][0].isupper() or words[0][0].isdigit())):
                     continue
                 hits = index.get(" ".join(words).lower())
                 if not hits:
