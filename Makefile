@@ -10,8 +10,9 @@ QUESTION ?= Who wrote Cold Water Gospel?
 PYTEST_ARGS ?=
 # torch, faiss and scikit-learn each bring their own libgomp; loaded late into a busy process (a test
 # worker), the last one can fail with "cannot allocate memory in static TLS block". More optional
-# static TLS space, set before the process starts, avoids it.
-export GLIBC_TUNABLES ?= glibc.rtld.optional_static_tls=4194304
+# static TLS space, set before the process starts, avoids it (16 KB: it is reserved per thread, and
+# a much larger value stops a JVM, such as the ArcadeDB test server, from starting).
+export GLIBC_TUNABLES ?= glibc.rtld.optional_static_tls=16384
 
 .PHONY: install demo test test-unit bench clean
 

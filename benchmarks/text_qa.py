@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out_dir = ROOT / "benchmarks" / "results"
     preds = out_dir / f"text_qa_{data.name}_predictions.jsonl"
     summary = evaluate_textqa(pipe, data, preds, limit=args.limit)
-    summary.update(dataset=data.name, pipeline=str(Path(args.pipeline).name), command="python benchmarks/text_qa.py" + (f" --limit {args.limit}" if args.limit else ""))
+    summary.update(
+        dataset=data.name, pipeline=str(Path(args.pipeline).name), command="python benchmarks/text_qa.py" + (f" --limit {args.limit}" if args.limit else "")
+    )
     (out_dir / f"text_qa_{data.name}.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(summary, indent=1))
     return summary

@@ -41,6 +41,18 @@ def doc_ids(passages: list[Any]) -> list[str]:
     return out
 
 
+def _memo(fn: Any) -> Any:
+    cache: dict[tuple[str, tuple[str, ...]], list[float]] = {}
+
+    def wrapped(question: str, passages: list[Any]) -> list[float]:
+        key = (question, tuple(p.id for p in passages))
+        if key not in cache:
+            cache[key] = fn(question, passages)
+        return cache[key]
+
+    return wrapped
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "hotpotqa"), help="a text QA folder (corpus.jsonl + questions.jsonl)")
@@ -59,7 +71,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from ragkit.eval.textqa import ndcg_at_k, read_textqa, recall_at_k, reciprocal_rank
     from ragkit.models.embedder import SentenceEmbedder
     from ragkit.stages.rerankers.calibration import (
-        Calibrator,
         brier_score,
         expected_calibration_error,
     )
@@ -96,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         rerankers["hybrid + rerank (query likelihood)"] = ConfidenceReranker(backend="query_likelihood", llm=LocalLLM(), top_k=10, candidates=args.candidates)
 
+    for rr in rerankers.values():  # score each (question, pool) once: the calibration below reuses the scores
+        rr.raw_scores = _memo(rr.raw_scores)  # type: ignore[method-assign]
     runs: dict[str, list[list[str]]] = {name: [] for name in ["dense (MiniLM)", "BM25", "hybrid (RRF)", *rerankers]}
     seconds: dict[str, float] = dict.fromkeys(runs, 0.0)
     pools = []

@@ -117,8 +117,9 @@ class ArcadeServer:
                 if self.proc.poll() is not None:
                     break
         err = (self.workdir / "server.err").read_text(errors="replace")[-3000:]
+        code = self.proc.poll()
         self.stop()
-        raise RuntimeError(f"ArcadeDB did not start (exit code {self.proc.returncode}):\n{err}")
+        raise RuntimeError(f"ArcadeDB did not start (exit code {code}):\n{err}")
 
     def stop(self, *, graceful: bool = True) -> None:
         """Stop the server: ask it to shut down, or (``graceful=False``) kill it as a crash would."""

@@ -122,6 +122,12 @@ def test_embedding_goes_in_batches_without_a_bar_off_a_terminal(capsys: pytest.C
     assert capsys.readouterr().err == ""  # stderr is not a terminal under pytest
 
 
+def test_batches_group_similar_lengths_and_keep_the_input_order() -> None:
+    texts = ["a", "a much longer text than the others", "mid length", "b", "another fairly long text"]
+    emb = HashingEmbedder(dimension=32)
+    assert embed_texts(emb, texts, batch_size=2).tolist() == emb.embed(texts).tolist()
+
+
 def test_progress_bar_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
     embed_texts(CountingEmbedder(), [f"t{i}" for i in range(10)], batch_size=4, progress=True, desc="indexing")
     assert "indexing" in capsys.readouterr().err
