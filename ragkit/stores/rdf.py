@@ -94,7 +94,7 @@ class RdfStore(GraphStore):
             if p.startswith(_META_NAMESPACES) and p != f"{RDFS}label":
                 continue
             rows = self._select(
-                f"SELECT DISTINCT ?v WHERE {{ ?s <{p}> ?o . OPTIONAL {{ ?o <{RDFS}label> ?l }} BIND(COALESCE(?l, ?o) AS ?v) }} LIMIT {k}"
+                f"SELECT DISTINCT ?v WHERE {{ ?s <{p}> ?o . OPTIONAL {{ ?o <{RDFS}label> ?l }} BIND(COALESCE(?l, ?o) AS ?v) }} ORDER BY ?v LIMIT {k}"
             )
             samples[p] = [str(r[0]) for r in rows if r[0] is not None]
 

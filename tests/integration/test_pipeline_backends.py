@@ -43,9 +43,16 @@ def _with_graph(pipeline_file: str, graph: dict[str, Any]) -> Pipeline:
     return Pipeline.from_dict(spec, source=pipeline_file)
 
 
-def _answers(pipe: Pipeline, questions: list[dict[str, Any]]) -> list[bool]:
+def _answers(pipe: Pipeline, questions: list[dict[str, Any]], check: Any) -> list[bool]:
+    """Whether each question is answered; every generated query also gives the same rows on ``check``."""
+    out = []
     with pipe:
-        return [execution_match(pipe.run(question=q["question"])["rows"], q["answers"]) for q in questions]
+        for q in questions:
+            result = pipe.run(question=q["question"])
+            if result["error"] is None:  # the model may fail a question; a query that ran must agree
+                assert execution_match(check.query(result["query"]).rows, result["rows"]), result["query"]
+            out.append(execution_match(result["rows"], q["answers"]))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -78,17 +85,33 @@ def bolt_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArcadeServ
 
 
 def test_sparql_pipeline_on_embedded_oxigraph_and_a_sparql_endpoint(sparql_server: OxigraphServer) -> None:
+    from ragkit.stores.rdf import OxigraphStore
+    from ragkit.stores.sparql_http import SparqlEndpointStore
+
     questions = _easy("questions.jsonl")
-    embedded = _answers(_with_graph("pipelines/kgqa_sparql.yaml", {"type": "oxigraph_store", "path": str(GRAPH)}), questions)
-    remote = _answers(_with_graph("pipelines/kgqa_sparql.yaml", {"type": "sparql_endpoint", "url": sparql_server.url}), questions)
+    local, endpoint = OxigraphStore(path=str(GRAPH)), SparqlEndpointStore(url=sparql_server.url)
+    try:
+        embedded = _answers(_with_graph("pipelines/kgqa_sparql.yaml", {"type": "oxigraph_store", "path": str(GRAPH)}), questions, endpoint)
+        remote = _answers(_with_graph("pipelines/kgqa_sparql.yaml", {"type": "sparql_endpoint", "url": sparql_server.url}), questions, local)
+    finally:
+        endpoint.close()
+        local.close()
     assert any(embedded), "the embedded pipeline answered none of the easy questions"
-    assert remote == embedded
+    assert any(remote), "the pipeline on the SPARQL endpoint answered none of the easy questions"
 
 
 def test_cypher_pipeline_on_the_embedded_engine_and_a_bolt_server(bolt_server: ArcadeServer) -> None:
+    from ragkit.stores.cypher import KgliteStore
+
     questions = _easy("questions_cypher.jsonl")
-    embedded = _answers(_with_graph("pipelines/kgqa_cypher.yaml", {"type": "embedded_cypher_store", "path": str(GRAPH)}), questions)
+    local = KgliteStore(path=str(GRAPH))
     bolt = {"type": "neo4j_store", "uri": bolt_server.uri, "username": "root", "password": bolt_server.password, "database": "library"}
-    remote = _answers(_with_graph("pipelines/kgqa_cypher.yaml", bolt), questions)
+    remote_store = Neo4jStore(bolt_server.uri, "root", bolt_server.password, "library")
+    try:
+        embedded = _answers(_with_graph("pipelines/kgqa_cypher.yaml", {"type": "embedded_cypher_store", "path": str(GRAPH)}), questions, remote_store)
+        remote = _answers(_with_graph("pipelines/kgqa_cypher.yaml", bolt), questions, local)
+    finally:
+        remote_store.close()
+        local.close()
     assert any(embedded), "the embedded pipeline answered none of the easy questions"
-    assert remote == embedded
+    assert any(remote), "the pipeline on the Bolt server answered none of the easy questions"
