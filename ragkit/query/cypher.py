@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from ragkit.query.text import reply_body
 from ragkit.stores.base import GraphSchema
 
 __all__ = ["extract_cypher", "unknown_cypher_terms"]
@@ -17,15 +18,7 @@ _FENCE = re.compile(r"```(?:cypher|Cypher|CYPHER|sql)?\s*\n?(.*?)(?:```|$)", re.
 def extract_cypher(text: str) -> str:
     """The query in a model's reply: inside a code fence if any, from the first clause keyword on,
     up to a line that starts another turn ('Question:', ...); trailing semicolons dropped."""
-    m = _FENCE.search(text)
-    if m:
-        text = m.group(1)
-    m = _START.search(text)
-    if m:
-        text = text[m.start() :]
-    cut = re.search(r"(?im)^\s*(question|q|answer|values|cypher)\s*:", text)
-    if cut and cut.start() > 0:
-        text = text[: cut.start()]
+    text = reply_body(text, _FENCE, _START, ("question", "q", "answer", "values", "cypher"))
     # a blank line followed by something other than a clause is prose the model added after the query
     prose = re.search(r"\n\s*\n(?!\s*(?:OPTIONAL\s+MATCH|MATCH|WITH|UNWIND|CALL|RETURN|WHERE|ORDER\s+BY|SKIP|LIMIT|UNION)\b)", text, re.I)
     if prose:

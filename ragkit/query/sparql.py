@@ -6,6 +6,8 @@ import re
 import threading
 from typing import Any
 
+from ragkit.query.text import reply_body
+
 __all__ = ["extract_query", "add_missing_prefixes", "parse_error", "unbound_variables"]
 
 _START = re.compile(r"(?is)\b(PREFIX|BASE|SELECT|ASK|CONSTRUCT|DESCRIBE)\b")
@@ -18,16 +20,7 @@ _MODIFIER = r"(?:GROUP\s+BY|HAVING|ORDER\s+BY|LIMIT|OFFSET)\b[^{}\n]*"
 def extract_query(text: str) -> str:
     """The query in a model's reply: inside a code fence if there is one, from the first keyword on,
     up to a blank line followed by prose (a 'Question:' the model went on to invent, say)."""
-    m = _FENCE.search(text)
-    if m:
-        text = m.group(1)
-    m = _START.search(text)
-    if m:
-        text = text[m.start() :]
-    # cut at the first line that starts another few-shot turn
-    cut = re.search(r"(?im)^\s*(question|q|answer|sparql|cypher)\s*:", text)
-    if cut and cut.start() > 0:
-        text = text[: cut.start()]
+    text = reply_body(text, _FENCE, _START, ("question", "q", "answer", "sparql", "cypher"))
     return _balance_braces(text.strip())
 
 

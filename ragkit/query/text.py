@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["question_skeleton"]
+__all__ = ["question_skeleton", "reply_body"]
 
 # Capitalised words that start questions or are function words, not names.
 _NOT_NAMES = {
@@ -71,3 +71,18 @@ def question_skeleton(question: str, names: Iterable[str] = ()) -> str:
     text = re.sub(r"(<N>\s*)+", "<N> ", text)
     text = re.sub(r"\s+([?.,!;:])", r"\1", text).strip()
     return re.sub(r"<([EN])> ([?.,!;:])", r"<\1>\2", text)
+
+
+def reply_body(text: str, fence: re.Pattern[str], start: re.Pattern[str], turns: tuple[str, ...]) -> str:
+    """The query part of a model's reply: inside a code fence if there is one, from the first match
+    of ``start`` on, and before the first line that opens another turn (``Question:`` and the like)."""
+    m = fence.search(text)
+    if m:
+        text = m.group(1)
+    m = start.search(text)
+    if m:
+        text = text[m.start() :]
+    cut = re.search(rf"(?im)^\s*({'|'.join(turns)})\s*:", text)
+    if cut and cut.start() > 0:
+        text = text[: cut.start()]
+    return text

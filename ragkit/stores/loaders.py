@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ragkit.errors import InputError, MissingDependencyError, RagkitError
+from ragkit.stores.rdf import XSD_INTEGER_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -301,24 +302,6 @@ _META = (_RDF, _RDFS, _OWL, _XSD)
 _RDF_TYPE = _RDF + "type"
 _LABEL = _RDFS + "label"
 _COMMENT = _RDFS + "comment"
-_INT_TYPES = frozenset(
-    _XSD + t
-    for t in (
-        "integer",
-        "int",
-        "long",
-        "short",
-        "byte",
-        "nonNegativeInteger",
-        "nonPositiveInteger",
-        "positiveInteger",
-        "negativeInteger",
-        "unsignedLong",
-        "unsignedInt",
-        "unsignedShort",
-        "unsignedByte",
-    )
-)
 _FLOAT_TYPES = frozenset((_XSD + "decimal", _XSD + "double", _XSD + "float"))
 _BOOL = _XSD + "boolean"
 _INT64 = 2**63
@@ -338,7 +321,7 @@ def local_name(iri: str) -> str:
 
 def _literal_value(lexical: str, datatype: str | None) -> Any:
     try:
-        if datatype in _INT_TYPES:
+        if datatype in XSD_INTEGER_TYPES:
             v = int(lexical)
             return v if -_INT64 <= v < _INT64 else lexical
         if datatype in _FLOAT_TYPES:

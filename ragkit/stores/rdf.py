@@ -46,6 +46,14 @@ WELL_KNOWN_PREFIXES = {
 }
 # Vocabulary that describes the schema itself; it is not data a question asks about.
 _META_NAMESPACES = ("http://www.w3.org/1999/02/22-rdf-syntax-ns#", RDFS, "http://www.w3.org/2002/07/owl#")
+XSD_INTEGER_TYPES = frozenset(
+    XSD + t
+    for t in (
+        "integer", "int", "long", "short", "byte", "nonNegativeInteger", "nonPositiveInteger", "positiveInteger",
+        "negativeInteger", "unsignedLong", "unsignedInt", "unsignedShort", "unsignedByte",
+    )
+)  # fmt: skip
+"""The XSD datatypes whose values are integers."""
 RDF_FORMATS = {".ttl": "turtle", ".nt": "ntriples", ".rdf": "rdfxml", ".xml": "rdfxml", ".nq": "nquads", ".trig": "trig", ".n3": "n3"}
 
 

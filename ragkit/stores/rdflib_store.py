@@ -23,7 +23,7 @@ from typing import Any
 from ragkit.core.component import register_resource
 from ragkit.errors import InputError, MissingDependencyError, QueryParseError, ReadOnlyViolationError, StoreError
 from ragkit.stores.base import DEFAULT_ROW_LIMIT, DEFAULT_TIMEOUT, QueryResult
-from ragkit.stores.rdf import RDF_FORMATS, XSD, RdfStore
+from ragkit.stores.rdf import RDF_FORMATS, XSD, XSD_INTEGER_TYPES, RdfStore
 
 logger = logging.getLogger(__name__)
 
@@ -33,24 +33,6 @@ __all__ = ["RdflibStore"]
 # evaluation fetches FROM/FROM NAMED graphs over the network or file system.
 _TRIPLE_FORMATS = {"turtle": "turtle", "ntriples": "nt", "rdfxml": "xml", "n3": "n3"}
 
-_INTEGER_TYPES = frozenset(
-    XSD + t
-    for t in (
-        "integer",
-        "int",
-        "long",
-        "short",
-        "byte",
-        "nonNegativeInteger",
-        "nonPositiveInteger",
-        "positiveInteger",
-        "negativeInteger",
-        "unsignedLong",
-        "unsignedInt",
-        "unsignedShort",
-        "unsignedByte",
-    )
-)
 _DECIMAL = XSD + "decimal"
 _FLOAT_TYPES = frozenset((XSD + "double", XSD + "float"))
 _BOOLEAN = XSD + "boolean"
@@ -225,7 +207,7 @@ def _oxigraph_lexical(lit: Any) -> str:
     if value is None:
         return text
     try:
-        if dt in _INTEGER_TYPES:
+        if dt in XSD_INTEGER_TYPES:
             return str(int(value))
         if dt == _DECIMAL:
             return _decimal_text(Decimal(value) if not isinstance(value, Decimal) else value)
