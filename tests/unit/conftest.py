@@ -1,4 +1,4 @@
-"""Core unit tests run offline: any attempt to open a non-loopback connection fails the test."""
+"""Unit tests run offline: any attempt to open a non-loopback connection fails the test."""
 
 from __future__ import annotations
 
