@@ -254,7 +254,8 @@ def evaluate_kgqa(
             bank_file.write_text("".join(json.dumps({"question": e.question, "query": e.query}) + "\n" for e in pool), encoding="utf-8")
             gold_rows = {(e.question, e.query): Counter(_row_key(r) for r in e.answers) for e in pool}
             pipe = _pipeline_for_graph(spec, _graph_file(dataset, graph, todo[0].language), bank_file, str(pipeline_file))
-            runner = pipe.upstream(*[o for o in ("query", "rows", "confidence") if o in pipe.outputs]) if skip_answer else pipe
+            kept = [o for o in ("query", "rows", "confidence", "error") if o in pipe.outputs]
+            runner = pipe.upstream(*kept) if skip_answer else pipe
             banks = [r for r in pipe.resources.values() if type(r).type_name == "example_bank"]
             try:
                 runner.warm_up()

@@ -385,3 +385,13 @@ def test_ragkit_eval_command(runs: Runs, tmp_path: Path) -> None:
     assert len(preds.read_text().splitlines()) == N
     (figures,) = json.loads(report.read_text())
     assert figures["n"] == N and figures["execution_accuracy"] == pytest.approx(len(CORRECT) / N)
+
+
+def test_skip_answer_still_records_query_errors(runs: Runs, tmp_path: Path) -> None:
+    spec = pipeline_spec()
+    spec["resources"]["llm"] = {"type": "scripted_llm", "responses": ["I don't know."]}
+    preds = tmp_path / "errors.jsonl"
+    rep = evaluate_kgqa(write_pipeline(tmp_path, spec), runs.dataset, preds, per_graph=1, skip_answer=True)
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert rows and all(r["error"] and not r["valid"] for r in rows)
+    assert rep.valid_query_rate == 0.0
