@@ -223,7 +223,8 @@ def evaluate_kgqa(
     dataset = Path(dataset)
     predictions = Path(predictions)
     spec = Pipeline.from_yaml(pipeline_file).to_dict()
-    items = load_kgqa(dataset)
+    all_items = load_kgqa(dataset)
+    items = all_items
     if graphs:
         items = [i for i in items if i.graph in graphs]
     if per_graph:
@@ -238,7 +239,7 @@ def evaluate_kgqa(
     if not selected:
         raise InputError("no questions selected (check --graphs / --limit)")
     by_graph: dict[str, list[KgqaItem]] = defaultdict(list)
-    for it in load_kgqa(dataset):
+    for it in all_items:
         by_graph[it.graph].append(it)
     done = _done_ids(predictions)
     predictions.parent.mkdir(parents=True, exist_ok=True)
