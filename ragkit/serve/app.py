@@ -150,7 +150,6 @@ class ServeState:
         self.metrics = ServerMetrics(self.runner, self.model)
         self.stream_stage = pipeline._default_stream_stage()
         self.unavailable: str | None = None
-        self._checked = 0.0
         self._check_lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -237,11 +236,12 @@ class ServeState:
         return f"the graph store {which} is unavailable: {root}; answers resume as soon as it is back"
 
     def check_unavailable(self) -> None:
-        """While a store or model is known to be down, look again (at most every 2 s) so health recovers."""
-        with self._check_lock:
-            if self.unavailable is None or time.monotonic() - self._checked < 2.0:
-                return
-            self._checked = time.monotonic()
+        """While a store or model is known to be down, look again, so health recovers without traffic.
+
+        One look at a time: probes arriving meanwhile report the last known state.
+        """
+        if self.unavailable is None or not self._check_lock.acquire(blocking=False):
+            return
         from ragkit.stores.base import GraphStore
 
         try:
@@ -255,6 +255,8 @@ class ServeState:
         except Exception as e:  # noqa: BLE001  (health reports; the next request shows the real error)
             logger.info("health check: %s", e)
             return
+        finally:
+            self._check_lock.release()
         self.unavailable = None
 
     # -- answers --------------------------------------------------------------------------------
