@@ -29,6 +29,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--deadline", type=float, default=3600.0, help="seconds for the whole run; requests not sent by then are reported")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "load_test.json"))
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally below stops the server
     max_queue = args.max_queue or 2 * args.concurrency
     questions = [json.loads(line)["question"] for line in QUESTIONS.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -191,14 +193,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "what": "streamed POST /v1/chat/completions to `ragkit serve` on 127.0.0.1; latency = send to [DONE], TTFT = to the first content chunk",
         "command": "python benchmarks/load_test.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "pipeline": os.path.relpath(args.pipeline, ROOT),
-        "server": {"command": " ".join(["ragkit", *cmd[3:5], "--host", "127.0.0.1", "--max-queue", str(max_queue)]), "concurrency": health["concurrency"], "max_queue": max_queue, "startup_seconds": round(startup, 1)},
+        "server": {"command": f"ragkit serve {os.path.relpath(args.pipeline, ROOT)} --host 127.0.0.1 --port <free> --max-queue {max_queue}", "concurrency": health["concurrency"], "max_queue": max_queue, "startup_seconds": round(startup, 1)},
         "requests": args.requests,
         "client_concurrency": args.concurrency,
         "completed": len(ok),
         "errors": len(errors),
         "not_sent": run["not_sent"],
         "error_samples": errors[:5],
-        "status_counts": {str(s): sum(1 for r in results if r["status"] == s) for s in sorted({str(r["status"]) for r in results})},
+        "status_counts": {s: sum(1 for r in results if str(r["status"]) == s) for s in sorted({str(r["status"]) for r in results})},
         "wall_seconds": round(run["wall"], 2),
         "throughput_rps": round(len(ok) / run["wall"], 3) if run["wall"] else None,
         "latency_seconds": {
