@@ -34,6 +34,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log = Path(args.out).with_suffix(".server.log")
-    log.parent.mkdir(parents=True, exist_ok=True)
+    log = Path(tempfile.gettempdir()) / f"ragkit-load-test-{port}.log"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "ragkit.cli", "serve", args.pipeline, "--host", "127.0.0.1", "--port", str(port), "--max-queue", str(max_queue)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with log.open("wb") as out:

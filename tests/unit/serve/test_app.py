@@ -79,6 +79,23 @@ def test_streamed_chat_is_openai_sse_ending_with_done() -> None:
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
 
 
+def test_failure_after_the_first_token_ends_the_stream_with_an_error_event() -> None:
+    from ragkit.core.metrics import emit_token
+
+    class Breaks(ScriptedLLM):
+        def generate(self, *args: Any, **kwargs: Any) -> Any:
+            emit_token("Ann")
+            raise ZeroDivisionError("boom")
+
+    r = client(chat_pipeline(llm=Breaks())).post("/v1/chat/completions", json={**CHAT, "stream": True})
+    assert r.status_code == 200  # the stream had begun
+    events = sse_events(r.text)
+    assert events[-1] == "[DONE]"
+    assert events[1]["choices"][0]["delta"] == {"content": "Ann"}
+    assert events[-2]["error"]["message"] == "the pipeline failed: stage 'generate' failed: boom"
+    assert all(not e.get("choices") or e["choices"][0]["finish_reason"] is None for e in events[:-2])
+
+
 def test_stream_without_include_usage_sends_no_usage_chunk() -> None:
     events = sse_events(client().post("/v1/chat/completions", json={**CHAT, "stream": True}).text)
     assert all("usage" not in e for e in events[:-1])
