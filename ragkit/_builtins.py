@@ -10,6 +10,7 @@ import importlib
 _MODULES = [
     "ragkit.testing.fakes",
     "ragkit.models.llm",
+    "ragkit.models.remote",
     "ragkit.models.embedder",
     "ragkit.stores.rdf",
     "ragkit.stores.rdflib_store",

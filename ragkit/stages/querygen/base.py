@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ragkit.core.metrics import current_recorder
 from ragkit.core.stage import Output, Stage
-from ragkit.errors import InputError, QueryError, StoreError
+from ragkit.errors import InputError, QueryError, StoreError, StoreUnavailableError
 from ragkit.models.base import LLM, ChatMessage
 from ragkit.stages.linkers.entity import LinkedEntities, query_values
 from ragkit.stores.base import GraphSchema, GraphStore
@@ -183,6 +183,8 @@ class QueryGenerator(Stage):
             if error is None and self.store is not None:
                 try:
                     rows = len(self.store.query(query, limit=5).rows)
+                except StoreUnavailableError:
+                    raise  # the store is down, not the query wrong: repairing it would not help
                 except (QueryError, StoreError) as e:
                     error = f"{type(e).__name__}: {e}"
             out.append(QueryCandidate(query=query, score=score, error=error, rows=rows, origin=origin))
