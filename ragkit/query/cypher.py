@@ -7,7 +7,7 @@ import re
 from ragkit.query.text import reply_body
 from ragkit.stores.base import GraphSchema
 
-__all__ = ["extract_cypher", "unknown_cypher_terms"]
+__all__ = ["extract_cypher", "cypher_terms", "unknown_cypher_terms"]
 
 # A query starts at its first clause. Write clauses count too (upper-case only, so prose like "create"
 # does not), so that "MERGE (n) RETURN n" reaches the read-only guard whole, not as "RETURN n".
@@ -30,22 +30,27 @@ def _strip_strings(q: str) -> str:
     return re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', q)
 
 
-def unknown_cypher_terms(query: str, schema: GraphSchema) -> list[str]:
-    """Node labels and relationship types the query names that the schema does not have."""
+def cypher_terms(query: str) -> list[str]:
+    """The node labels (``label :X``) and relationship types (``relationship :R``) a query names, in order."""
     q = _strip_strings(query)
-    labels = {c.name for c in schema.classes}
-    rels = {p.name for p in schema.properties if p.kind == "relationship"}
-    bad: list[str] = []
+    named: list[str] = []
     # (n:Label:Other) and (:Label) — labels inside node patterns
     for m in re.finditer(r"\(\s*\w*\s*((?::\s*(?:`[^`]+`|\w+)\s*)+)(?=[\s{)])", q):
         for quoted, plain in re.findall(r":\s*(?:`([^`]+)`|(\w+))", m.group(1)):
             lab = (quoted or plain).strip()
-            if lab and lab not in labels:
-                bad.append(f"label :{lab}")
+            if lab:
+                named.append(f"label :{lab}")
     # -[r:TYPE|OTHER*1..2]-
     for m in re.finditer(r"\[\s*\w*\s*:\s*([\w|`: ]+)", q):
         for t in re.split(r"[|:]", m.group(1)):
             t = t.strip().strip("`")
-            if t and t not in rels:
-                bad.append(f"relationship :{t}")
-    return list(dict.fromkeys(bad))
+            if t:
+                named.append(f"relationship :{t}")
+    return list(dict.fromkeys(named))
+
+
+def unknown_cypher_terms(query: str, schema: GraphSchema) -> list[str]:
+    """Node labels and relationship types the query names that the schema does not have."""
+    labels = {f"label :{c.name}" for c in schema.classes}
+    rels = {f"relationship :{p.name}" for p in schema.properties if p.kind == "relationship"}
+    return [t for t in cypher_terms(query) if t not in labels and t not in rels]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from ragkit.query.text import reply_body
 
-__all__ = ["extract_query", "add_missing_prefixes", "parse_error", "unbound_variables"]
+__all__ = ["extract_query", "add_missing_prefixes", "parse_error", "unbound_variables", "schema_terms", "unknown_sparql_terms"]
 
 _START = re.compile(r"(?is)\b(PREFIX|BASE|SELECT|ASK|CONSTRUCT|DESCRIBE)\b")
 _FENCE = re.compile(r"```(?:sparql|SPARQL|cypher|sql)?\s*\n?(.*?)(?:```|$)", re.S)
@@ -131,3 +132,83 @@ def unbound_variables(query: str) -> list[str]:
                 needed.append(tok[1:])
     bound = {v[1:] for v in re.findall(r"[?$]\w+", body)}
     return sorted({v for v in needed if v not in bound})
+
+
+_STANDARD_NS = (
+    "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
+    "http://www.w3.org/2000/01/rdf-schema#",
+    "http://www.w3.org/2002/07/owl#",
+    "http://www.w3.org/2001/XMLSchema#",
+)
+_RDF_TYPE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#type"
+
+
+def schema_terms(query: str) -> list[str]:
+    """The schema terms a SPARQL query names: every predicate IRI (inside property paths too) and every
+    class IRI after ``a``/``rdf:type``, as full IRIs, first occurrence first.
+
+    Raises:
+        QueryParseError: when the query does not parse.
+    """
+    from rdflib.paths import Path as RdfPath
+    from rdflib.plugins.sparql import prepareQuery
+    from rdflib.plugins.sparql.parserutils import CompValue
+    from rdflib.term import URIRef
+
+    from ragkit.errors import QueryParseError
+
+    try:
+        algebra = prepareQuery(query).algebra
+    except Exception as e:  # rdflib raises pyparsing and its own errors
+        raise QueryParseError(f"SPARQL does not parse: {e}") from None
+    found: list[str] = []
+
+    def path_iris(p: Any) -> None:
+        if isinstance(p, URIRef):
+            found.append(str(p))
+        elif isinstance(p, RdfPath):
+            for name in ("args", "arg", "path"):
+                sub = getattr(p, name, None)
+                for x in sub if isinstance(sub, (list, tuple)) else [sub] if sub is not None else []:
+                    path_iris(x)
+        elif isinstance(p, CompValue):  # a path not yet translated (inside FILTER [NOT] EXISTS)
+            for v in p.values():
+                path_iris(v)
+        elif isinstance(p, (list, tuple)):
+            for v in p:
+                path_iris(v)
+
+    def triples(node: CompValue) -> Iterator[tuple[Any, Any, Any]]:
+        for t in node.get("triples") or []:
+            t = list(t)
+            for i in range(0, len(t) - 2, 3):  # a TriplesBlock keeps its triples flattened
+                yield t[i], t[i + 1], t[i + 2]
+
+    def visit(node: Any) -> None:
+        if isinstance(node, CompValue):
+            if node.name in ("BGP", "TriplesBlock"):
+                for _s, p, o in triples(node):
+                    if isinstance(p, URIRef) and str(p) == _RDF_TYPE:
+                        if isinstance(o, URIRef):
+                            found.append(str(o))
+                    else:
+                        path_iris(p)
+                return
+            for v in node.values():
+                visit(v)
+        elif isinstance(node, (list, tuple)):
+            for v in node:
+                visit(v)
+        elif isinstance(node, dict):
+            for v in node.values():
+                visit(v)
+
+    visit(algebra)
+    return list(dict.fromkeys(found))
+
+
+def unknown_sparql_terms(query: str, known: set[str]) -> tuple[list[str], list[str]]:
+    """``(named, unknown)``: the schema terms the query names (standard RDF/RDFS/OWL/XSD terms left
+    out) and those of them not in ``known`` (a schema's :meth:`~ragkit.stores.base.GraphSchema.terms`)."""
+    named = [t for t in schema_terms(query) if t in known or not t.startswith(_STANDARD_NS)]
+    return named, [t for t in named if t not in known]
