@@ -169,8 +169,9 @@ def _stage_figures(name: str, recs: list[dict[str, Any]], n_questions: int) -> d
         for k, v in notes.items():
             if k.startswith("prompt_") and k.endswith("_tokens") and k != "prompt_tokens" and isinstance(v, (int, float)):
                 parts[k[len("prompt_") : -len("_tokens")]].append(v)
-        repairs += int(notes.get("repairs", 0) or 0)
-        extra_candidates += max(0, int(notes.get("candidates", 1) or 1) - 1) if "candidates" in notes else 0
+        if "repairs" in notes:  # a query generator: its candidates beyond the first are extra work
+            repairs += int(notes["repairs"] or 0)
+            extra_candidates += max(0, int(notes.get("candidates", 1) or 1) - 1)
     if totals:
         mean_total = statistics.fmean(totals)
         shares = {k: round(statistics.fmean(v) / mean_total, 4) if mean_total else None for k, v in sorted(parts.items())}
@@ -180,7 +181,7 @@ def _stage_figures(name: str, recs: list[dict[str, Any]], n_questions: int) -> d
             "shares": shares,
             "question_share": shares.get("question"),
         }
-    if "candidates" in (recs[0].get("notes") or {}) or repairs or extra_tokens:
+    if "repairs" in (recs[0].get("notes") or {}) or extra_tokens:
         fig["extra_calls"] = {
             "model_calls_beyond_first": max(0, calls - len(recs)),
             "repair_rounds": repairs,
@@ -231,6 +232,7 @@ def tokenomics(
         "tokens_in_per_question": round(t_in / n, 2) if n else None,
         "tokens_out_per_question": round(t_out / n, 2) if n else None,
         "stages": stages,
+        "latency_values": [round(x, 4) for x in totals],
         "api_prices_as_of": API_PRICES_AS_OF if api_prices is None else "user table",
         "api": api_costs(t_in, t_out, n, API_PRICES if api_prices is None else api_prices),
     }
