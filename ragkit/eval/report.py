@@ -16,6 +16,7 @@ import datetime as _dt
 import html
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ def _svg(fig: Any) -> str:
     fig.savefig(buf, format="svg", bbox_inches="tight")
     _pyplot().close(fig)
     text = buf.getvalue()
+    text = re.sub(r"(?s)<metadata>.*?</metadata>", "", text)  # matplotlib's RDF block: dates and licence URIs
     return text[text.index("<svg") :]  # drop the XML prolog and DOCTYPE: the SVG sits inline in HTML
 
 
@@ -92,7 +94,7 @@ def _plot_latency(reports: list[dict[str, Any]]) -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 0.6 + 0.7 * len(reports) + 1.5))
     data = [r["tokenomics"].get("latency_values") or [0.0] for r in reports]
-    ax.boxplot(data, vert=False, showmeans=True)
+    ax.boxplot(data, orientation="horizontal", showmeans=True)
     ax.set_yticks(range(1, len(reports) + 1), [r["name"] for r in reports])
     ax.set_xlabel("seconds per question")
     ax.set_title("Latency distribution (box: quartiles; whiskers 1.5 IQR; triangle: mean)")

@@ -131,7 +131,7 @@ class EnergyMeter:
         force = self.grid_g_per_kwh if self.grid_g_per_kwh is not None else (None if self.country_iso_code else self._world_average())
         kwargs: dict[str, Any] = {
             "country_iso_code": self.country_iso_code or "USA",  # only a placeholder when the intensity is forced
-            "save_to_file": False,
+            "output_methods": [],  # no CSV, API or logger output: ragkit keeps the reading itself
             "log_level": "error",
             "tracking_mode": self.tracking_mode,
             "allow_multiple_runs": True,
@@ -153,7 +153,10 @@ class EnergyMeter:
         if tracker is None:
             return
         kg = tracker.stop() or 0.0
-        data = tracker.final_emissions_data
+        data = getattr(tracker, "final_emissions_data", None)
+        if data is None:  # codecarbon swallows its own errors; it then has nothing to report
+            logger.warning("codecarbon produced no reading for this run: energy and CO2 are not reported")
+            return
         seconds = time.perf_counter() - self._start
         cpu_mode = gpu_mode = None
         for hw in getattr(tracker, "_hardware", []):
