@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Iterator
@@ -143,6 +144,20 @@ _STANDARD_NS = (
 _RDF_TYPE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#type"
 
 
+_PN_ESCAPE = re.compile(r"\\([_~.\-!$&'()*+,;=/?#@%])")
+
+
+class _EscapedNameFilter(logging.Filter):
+    """rdflib warns about every prefixed name with an escape (``ex:a\\#b``) it keeps unexpanded;
+    :func:`schema_terms` unescapes those names itself, so the warnings are noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "\\" not in record.getMessage()
+
+
+_rdflib_filter_installed = False
+
+
 def schema_terms(query: str) -> list[str]:
     """The schema terms a SPARQL query names: every predicate IRI (inside property paths too) and every
     class IRI after ``a``/``rdf:type``, as full IRIs, first occurrence first.
@@ -157,6 +172,10 @@ def schema_terms(query: str) -> list[str]:
 
     from ragkit.errors import QueryParseError
 
+    global _rdflib_filter_installed
+    if not _rdflib_filter_installed:
+        logging.getLogger("rdflib.term").addFilter(_EscapedNameFilter())
+        _rdflib_filter_installed = True
     try:
         algebra = prepareQuery(query).algebra
     except Exception as e:  # rdflib raises pyparsing and its own errors
@@ -204,7 +223,8 @@ def schema_terms(query: str) -> list[str]:
                 visit(v)
 
     visit(algebra)
-    return list(dict.fromkeys(found))
+    # rdflib keeps a prefixed name's escapes (singer:\\#name -> ...singer\\#name); an IRI has no backslash
+    return list(dict.fromkeys(_PN_ESCAPE.sub(r"\1", t) for t in found))
 
 
 def unknown_sparql_terms(query: str, known: set[str]) -> tuple[list[str], list[str]]:

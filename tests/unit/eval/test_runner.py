@@ -16,7 +16,6 @@ import pytest
 import yaml
 from test_kgqa_eval import ITEMS, write_dataset, write_pipeline
 
-import ragkit.eval.kgqa as kgqa
 import ragkit.tokenomics.carbon as carbon
 from ragkit.core.pipeline import Pipeline
 from ragkit.errors import InputError
@@ -143,6 +142,8 @@ def test_schema_term_check() -> None:
     q = "PREFIX e: <http://e/> SELECT ?c WHERE { ?p a e:Person ; e:livesIn ?c ; e:bornIn ?b . ?c a e:Town }"
     check = schema_term_check(q, rdf)
     assert check is not None and check["named"] == 4 and sorted(check["unknown"]) == ["http://e/Town", "http://e/bornIn"]
+    escaped = GraphSchema(language="sparql", properties=(SchemaProperty(name="http://e/singer#name"),))
+    assert schema_term_check(r"PREFIX s: <http://e/singer> SELECT ?n WHERE { ?x s:\#name ?n }", escaped) == {"named": 1, "unknown": []}
     assert schema_term_check("SELECT ?x WHERE {", rdf) is None and schema_term_check("", rdf) is None
     pg = GraphSchema(language="cypher", classes=(SchemaClass(name="Movie"),), properties=(SchemaProperty(name="ACTED_IN", kind="relationship"),))
     assert schema_term_check("MATCH (p:Person)-[:ACTED_IN]->(m:Movie) RETURN m", pg) == {"named": 3, "unknown": ["label :Person"]}
