@@ -241,6 +241,26 @@ class ExampleBank(Resource):
         self.warm_up()
         return list(self._examples)
 
+    def first(self, k: int = 4) -> list[QueryExample]:
+        """The first ``k`` usable examples in the bank's order, whatever the question (fixed few-shot).
+
+        Examples hidden by :meth:`excluding` or left out for not fitting the live schema are skipped,
+        so the next ones in file order take their place.
+        """
+        self.warm_up()
+        if k <= 0:
+            return []
+        self._refresh_stale()
+        exclude = getattr(self._exclude, "fn", None)
+        out: list[QueryExample] = []
+        for i, e in enumerate(self._examples):
+            if i in self._stale or (exclude is not None and exclude(e)):
+                continue
+            out.append(e)
+            if len(out) == k:
+                break
+        return out
+
     def search(self, question: str, k: int = 4, *, diversity: float = 0.3, fetch: int = 20) -> list[QueryExample]:
         """The ``k`` examples nearest to ``question``, diversified by MMR.
 

@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Literal
+
 from ragkit.core.component import register_stage
 from ragkit.core.metrics import current_recorder
 from ragkit.core.stage import Output, Stage
@@ -32,21 +34,30 @@ class FewShotExampleRetriever(Stage):
         bank: the example bank resource.
         top_k: examples to return.
         diversity: MMR trade-off, 0 (similarity only) to 1 (diversity only).
+        selection: ``similar`` (nearest to the question) or ``fixed``: the bank's first ``top_k``
+            usable examples for every question, the fixed few-shot baseline that retrieval is
+            measured against.
     """
 
-    def __init__(self, bank: ExampleBank, top_k: int = 4, diversity: float = 0.3) -> None:
+    def __init__(self, bank: ExampleBank, top_k: int = 4, diversity: float = 0.3, selection: Literal["similar", "fixed"] = "similar") -> None:
         if top_k < 0:
             raise ValueError("top_k must be 0 or more")
         if not 0.0 <= diversity <= 1.0:
             raise ValueError("diversity must be between 0 and 1")
+        if selection not in ("similar", "fixed"):
+            raise ValueError(f"selection must be 'similar' or 'fixed', not {selection!r}")
         self.bank = bank
         self.top_k = top_k
         self.diversity = diversity
+        self.selection = selection
 
     def run(self, question: str) -> FewShotExamples:
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty (ask something)")
-        found = self.bank.search(question, k=self.top_k, diversity=self.diversity)
+        if self.selection == "fixed":
+            found = self.bank.first(self.top_k)
+        else:
+            found = self.bank.search(question, k=self.top_k, diversity=self.diversity)
         rec = current_recorder()
         if rec is not None:
             rec.note("examples", len(found))
