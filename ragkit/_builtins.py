@@ -27,6 +27,7 @@ _MODULES = [
     "ragkit.stages.querygen.cypher",
     "ragkit.stages.prompts.builder",
     "ragkit.stages.generators.local",
+    "ragkit.stages.cache.semantic",
 ]
 
 for _m in _MODULES:
