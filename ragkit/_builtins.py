@@ -11,6 +11,7 @@ _MODULES = [
     "ragkit.testing.fakes",
     "ragkit.models.llm",
     "ragkit.models.embedder",
+    "ragkit.models.router",
     "ragkit.stores.rdf",
     "ragkit.stores.rdflib_store",
     "ragkit.stores.sparql_http",
