@@ -362,6 +362,51 @@ def _print_kgqa_reports(reports: list[Any]) -> None:
     Console(soft_wrap=False, width=160).print(t)
 
 
+@cli.group("cache")
+def cache_cmd() -> None:
+    """Inspect or empty the cache a pipeline file declares (its cache: block)."""
+
+
+def _pipeline_cache(pipeline_file: Path) -> tuple[Any, Any, str]:
+    from ragkit.core.cache import pipeline_namespace
+    from ragkit.core.pipeline import Pipeline
+
+    pipe = Pipeline.from_yaml(pipeline_file)
+    if pipe.cache is None:
+        raise UserError(f"{pipeline_file} has no cache: block (add one naming a semantic_cache resource; see docs/finops.md)")
+    return pipe, pipe.resources[pipe.cache.resource], pipeline_namespace(pipe)
+
+
+@cache_cmd.command("stats")
+@click.argument("pipeline_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--all", "all_namespaces", is_flag=True, help="Count every pipeline sharing the cache file, not only this one.")
+@_guard
+def cache_stats(pipeline_file: Path, all_namespaces: bool) -> None:
+    """Print the cache's counters (hits, misses, refusals, invalidations, stores, entries) as JSON."""
+    pipe, cache, ns = _pipeline_cache(pipeline_file)
+    try:
+        stats = cache.stats(None if all_namespaces else ns)
+        lookups = stats["hits"] + stats["misses"] + stats["refusals"]
+        stats["hit_rate"] = round(stats["hits"] / lookups, 4) if lookups else 0.0
+        click.echo(json.dumps({"pipeline": str(pipeline_file), "namespace": None if all_namespaces else ns, **stats}, indent=2))
+    finally:
+        pipe.close()
+
+
+@cache_cmd.command("clear")
+@click.argument("pipeline_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--all", "all_namespaces", is_flag=True, help="Empty the whole cache file, not only this pipeline's entries.")
+@_guard
+def cache_clear(pipeline_file: Path, all_namespaces: bool) -> None:
+    """Drop the cached entries (and counters) of PIPELINE_FILE."""
+    pipe, cache, ns = _pipeline_cache(pipeline_file)
+    try:
+        n = cache.clear(None if all_namespaces else ns)
+        click.echo(f"removed {n} entr{'y' if n == 1 else 'ies'}")
+    finally:
+        pipe.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``ragkit`` console script."""
     cli.main(args=argv, prog_name="ragkit", standalone_mode=True)

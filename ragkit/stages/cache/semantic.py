@@ -125,6 +125,12 @@ class SemanticCache(ResponseCache):
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def setup(self) -> None:
+        self._open()
+
+    def _open(self) -> None:
+        # Opening the file does not need the embedder or the store: `ragkit cache stats` loads no model.
+        if self._conn is not None:
+            return
         try:
             import faiss  # noqa: F401
         except ImportError:
@@ -154,6 +160,10 @@ class SemanticCache(ResponseCache):
         self._conn = conn
         self._indexes = {}
 
+    def close(self) -> None:
+        super().close()
+        self.teardown()  # the file may be open without a warm-up (stats, clear)
+
     def teardown(self) -> None:
         with self._lock:
             if self._conn is not None:
@@ -164,7 +174,9 @@ class SemanticCache(ResponseCache):
     # ---- helpers --------------------------------------------------------------------------------
     @property
     def _db(self) -> sqlite3.Connection:
-        self.warm_up()
+        if self._conn is None:
+            with self._lock:
+                self._open()
         assert self._conn is not None
         return self._conn
 

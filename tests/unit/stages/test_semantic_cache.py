@@ -378,3 +378,40 @@ def test_a_bad_cache_block_is_a_located_error(tmp_path: Path, cache: dict[str, A
     assert message in str(e.value)
     issue = e.value.issues[0]
     assert issue.file == str(path) and issue.line > 0
+
+
+# ---- the command line -------------------------------------------------------------------------------
+def test_cli_cache_stats_and_clear(tmp_path: Path) -> None:
+    import yaml
+    from click.testing import CliRunner
+
+    from ragkit.cli import cli
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(spec(tmp_path), sort_keys=False))
+    pipe = Pipeline.from_yaml(path)
+    pipe.run(question="Where does Ann live?")
+    pipe.run(question="Where does Ann live?")
+    pipe.close()
+    runner = CliRunner()
+    res = runner.invoke(cli, ["cache", "stats", str(path)])
+    assert res.exit_code == 0, res.output
+    stats = json.loads(res.output)
+    assert (stats["hits"], stats["misses"], stats["entries"], stats["hit_rate"]) == (1, 1, 1, 0.5)
+    res = runner.invoke(cli, ["cache", "clear", str(path)])
+    assert res.exit_code == 0 and "removed 1 entry" in res.output
+    assert json.loads(runner.invoke(cli, ["cache", "stats", str(path)]).output)["entries"] == 0
+
+
+def test_cli_cache_on_a_pipeline_without_one_exits_2(tmp_path: Path) -> None:
+    import yaml
+    from click.testing import CliRunner
+
+    from ragkit.cli import cli
+
+    d = spec(tmp_path)
+    del d["cache"]
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    res = CliRunner().invoke(cli, ["cache", "stats", str(path)])
+    assert res.exit_code == 2 and "has no cache: block" in res.output and "Traceback" not in res.output
