@@ -277,6 +277,10 @@ def stages(show_resources: bool, as_json: bool) -> None:
 @click.option("--graphs", help="Comma-separated graph names to evaluate (KGQA).")
 @click.option("--skip-answer", is_flag=True, help="KGQA: stop after the query's rows (no answer generation).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures as JSON here.")
+@click.option(
+    "--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+    help="Where items run: this process, or a Ray cluster ($RAY_ADDRESS, else a local one); same results.",
+)
 @_guard
 def eval_cmd(
     pipeline_files: tuple[Path, ...],
@@ -287,6 +291,7 @@ def eval_cmd(
     graphs: str | None,
     skip_answer: bool,
     report_path: Path | None,
+    engine: str = "local",
 ) -> None:
     """Evaluate one or more pipeline files on a dataset and print their figures side by side.
 
@@ -330,6 +335,7 @@ def eval_cmd(
                 graphs=graphs.split(",") if graphs else None,
                 skip_answer=skip_answer,
                 progress=progress,
+                engine=engine,
             )
         rep.extra["predictions"] = str(pred)
         reports.append(rep)

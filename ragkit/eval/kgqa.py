@@ -21,7 +21,6 @@ import logging
 import math
 import random
 import re
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ragkit.core.pipeline import Pipeline
+from ragkit.eval.engines import Engine, GraphJob, get_engine
 from ragkit.errors import InputError, RagkitError, UserError
 
 logger = logging.getLogger(__name__)
@@ -207,6 +207,7 @@ def evaluate_kgqa(
     graphs: list[str] | None = None,
     skip_answer: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    engine: str | Engine = "local",
 ) -> KgqaReport:
     """Run ``pipeline_file`` on every question of ``dataset`` and score it.
 
@@ -219,6 +220,8 @@ def evaluate_kgqa(
         graphs: evaluate only these graphs.
         skip_answer: run only the stages the ``rows`` output depends on (no answer generation).
         progress: called with (done, total) after each item.
+        engine: ``local``, ``ray`` (items spread over a Ray cluster; same rows), or an
+            :class:`~ragkit.eval.engines.Engine`.
     """
     dataset = Path(dataset)
     predictions = Path(predictions)
@@ -245,31 +248,24 @@ def evaluate_kgqa(
     predictions.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     count = sum(1 for it in selected if it.id in done)
-    with tempfile.TemporaryDirectory(prefix="ragkit-eval-") as tmp, predictions.open("a", encoding="utf-8") as out:
+    runner = get_engine(engine)
+    with contextlib.closing(runner), predictions.open("a", encoding="utf-8") as out:
         for graph in dict.fromkeys(it.graph for it in selected):
             todo = [it for it in selected if it.graph == graph and it.id not in done]
             if not todo:
                 continue
             pool = by_graph[graph]
-            bank_file = Path(tmp) / f"{graph}.jsonl"
-            bank_file.write_text("".join(json.dumps({"question": e.question, "query": e.query}) + "\n" for e in pool), encoding="utf-8")
+            bank_text = "".join(json.dumps({"question": e.question, "query": e.query}) + "\n" for e in pool)
             gold_rows = {(e.question, e.query): Counter(_row_key(r) for r in e.answers) for e in pool}
-            pipe = _pipeline_for_graph(spec, _graph_file(dataset, graph, todo[0].language), bank_file, str(pipeline_file))
-            kept = [o for o in ("query", "rows", "confidence", "error") if o in pipe.outputs]
-            runner = pipe.upstream(*kept) if skip_answer else pipe
-            banks = [r for r in pipe.resources.values() if type(r).type_name == "example_bank"]
-            try:
-                runner.warm_up()
-                for it in todo:
-                    row = _run_one(runner, banks, it, gold_rows)
-                    out.write(json.dumps(row, default=str) + "\n")
-                    out.flush()
-                    done[it.id] = row
-                    count += 1
-                    if progress is not None:
-                        progress(count, len(selected))
-            finally:
-                pipe.close()
+            graph_file = _graph_file(dataset, graph, todo[0].language).resolve()
+            job = GraphJob(spec, str(pipeline_file), str(graph_file), bank_text, todo, gold_rows, skip_answer, str(Path.cwd()))
+            for row in runner.run(job):
+                out.write(json.dumps(row, default=str) + "\n")
+                out.flush()
+                done[row["id"]] = row
+                count += 1
+                if progress is not None:
+                    progress(count, len(selected))
     rows = [done[it.id] for it in selected]
     return _report(str(pipeline_file), str(dataset), selected, rows, time.perf_counter() - start)
 
