@@ -11,7 +11,7 @@ one prediction row per item (see :func:`ragkit.eval.kgqa._run_one` for a row's f
   them to the predictions file as it does locally, so an interrupted run resumes the same way.
 
 Decoding is greedy and the few-shot protocol is per item, so both engines give the same rows; only
-the timings differ. ``ray.init()`` connects to ``$RAY_ADDRESS`` when it is set (an existing
+the timings differ. A pipeline's ``cache:`` block is ignored during evaluation. ``ray.init()`` connects to ``$RAY_ADDRESS`` when it is set (an existing
 cluster), else starts a local one with as many workers as cores. Workers must see the dataset and
 model files at the same paths (a shared filesystem, or the same image on every node).
 
@@ -72,7 +72,10 @@ def _iter_job(job: GraphJob) -> Iterator[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="ragkit-job-") as tmp:
         bank_file = Path(tmp) / "bank.jsonl"
         bank_file.write_text(job.bank_text, encoding="utf-8")
-        pipe = kgqa._pipeline_for_graph(job.spec, Path(job.graph_file), bank_file, job.source)
+        # A response cache would let one item's answer serve another's and hide the items' latency:
+        # evaluation measures the pipeline itself.
+        spec = {k: v for k, v in job.spec.items() if k != "cache"}
+        pipe = kgqa._pipeline_for_graph(spec, Path(job.graph_file), bank_file, job.source)
         kept = [o for o in ("query", "rows", "confidence", "error") if o in pipe.outputs]
         runner = pipe.upstream(*kept) if job.skip_answer else pipe
         banks = [r for r in pipe.resources.values() if type(r).type_name == "example_bank"]

@@ -154,3 +154,18 @@ def test_a_user_error_in_a_ray_task_reads_as_locally(cluster: None, tmp_path: Pa
         list(get_engine("ray").run(job))
     with pytest.raises(UserError, match="unknown engine"):
         get_engine("spark")
+
+
+def test_batch_indexing_on_ray_gives_the_same_index(cluster: None) -> None:
+    from ragkit.ingest import Document
+    from ragkit.stores.vector import VectorIndex
+    from ragkit.testing import HashingEmbedder
+
+    docs = [Document(id=f"d{i}", title=f"Doc {i}", text=f"Item {i} is about topic {i % 7} and place {i % 5}.") for i in range(40)]
+    local, remote = VectorIndex(embedder=HashingEmbedder(dimension=64)), VectorIndex(embedder=HashingEmbedder(dimension=64))
+    assert local.add(docs) == remote.add(docs, engine="ray") == 40
+    ids = [c.id for c in local.chunks()]
+    assert ids == [c.id for c in remote.chunks()]
+    assert (local.vectors(ids) == remote.vectors(ids)).all()
+    q = "What is item 12 about?"
+    assert [(p.id, p.score) for p in local.search(q, k=5)] == [(p.id, p.score) for p in remote.search(q, k=5)]
