@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 from ragkit.core.component import Resource
-from ragkit.core.metrics import StageTrace, recording
+from ragkit.core.metrics import StageTrace, Trace, recording
 from ragkit.errors import ConfigError, RagkitError
 
 if TYPE_CHECKING:
@@ -156,7 +156,6 @@ def run_cached(
 ) -> PipelineResult:
     """Run ``pipe`` on ``data`` through its cache (see the module docstring)."""
     from ragkit.core.pipeline import PipelineResult
-    from ragkit.core.metrics import Trace
 
     spec = pipe.cache
     assert spec is not None

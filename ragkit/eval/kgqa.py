@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from ragkit.core.pipeline import Pipeline
-from ragkit.eval.engines import Engine, GraphJob, get_engine
 from ragkit.errors import InputError, RagkitError, UserError
+from ragkit.eval.engines import Engine, GraphJob, get_engine
 
 logger = logging.getLogger(__name__)
 
