@@ -10,6 +10,7 @@ import importlib
 _MODULES = [
     "ragkit.testing.fakes",
     "ragkit.models.llm",
+    "ragkit.models.remote",
     "ragkit.models.embedder",
     "ragkit.models.router",
     "ragkit.models.langchain",

@@ -1,4 +1,4 @@
-"""The ``ragkit`` command: run, validate and list pipelines.
+"""The ``ragkit`` command: run, validate, list, evaluate and serve pipelines.
 
 User mistakes (a bad pipeline file, a missing input, a missing package) print one clear message per
 problem and exit with code 2, without a traceback; ``--debug`` (or ``RAGKIT_DEBUG=1``) shows it.
@@ -366,6 +366,57 @@ def _print_kgqa_reports(reports: list[Any]) -> None:
             r.extra.get("predictions", ""),
         )
     Console(soft_wrap=False, width=160).print(t)
+
+
+@cli.command()
+@click.argument("pipeline_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for every interface).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option("--max-queue", default=16, show_default=True, type=click.IntRange(min=1), help="Requests admitted at once (running + waiting); more get 429.")
+@click.option("--max-body-bytes", default=1_000_000, show_default=True, type=click.IntRange(min=1024), help="Largest request body; larger get 413.")
+@click.option("--api-key", "api_keys", multiple=True, help="Accept this key as 'Authorization: Bearer KEY' (repeatable; also RAGKIT_API_KEYS=k1,k2).")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Pipeline runs at once (default 1; 4 when every component is thread-safe).")
+@click.option("--model-name", help="Model id in the OpenAI API (default: the pipeline's name).")
+@_guard
+def serve(
+    pipeline_file: Path,
+    host: str,
+    port: int,
+    max_queue: int,
+    max_body_bytes: int,
+    api_keys: tuple[str, ...],
+    concurrency: int | None,
+    model_name: str | None,
+) -> None:
+    """Serve PIPELINE_FILE over HTTP: an OpenAI-compatible API, /query, /metrics and /health."""
+    from ragkit.core.pipeline import Pipeline
+    from ragkit.serve import require_server_packages
+
+    require_server_packages()
+    import uvicorn
+
+    from ragkit.serve.app import ServeConfig, create_app
+
+    keys = tuple(api_keys) + tuple(k.strip() for k in os.environ.get("RAGKIT_API_KEYS", "").split(",") if k.strip())
+    pipe = Pipeline.from_yaml(pipeline_file)
+    pipe.validate()
+    config = ServeConfig(max_queue=max_queue, max_body_bytes=max_body_bytes, api_keys=keys, concurrency=concurrency, model_name=model_name)
+    app = create_app(pipe, config)
+    state = app.state.ragkit
+    try:
+        click.echo(f"warming up {pipeline_file} ...", err=True)
+        state.warm_up()
+        if state.unavailable:
+            click.echo(f"warning: {state.unavailable} (serving anyway: requests get 503 until it is back)", err=True)
+        auth = f"{len(keys)} API key(s)" if keys else "no API key"
+        click.echo(
+            f"serving '{state.model}' on http://{host}:{port} (OpenAI API at /v1; {auth}; "
+            f"max queue {max_queue}, {state.runner.concurrency} run(s) at a time)",
+            err=True,
+        )
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+    finally:
+        state.close()
 
 
 @cli.group("cache")

@@ -11,7 +11,8 @@ The tree::
     │   ├── ConnectionMismatchError  two stages joined by mismatched types or unknown sockets
     │   ├── CycleError               the stage graph is not acyclic
     │   └── StageFailedError         a stage raised while running (wraps the cause, names the stage)
-    ├── ModelError                   a local model could not be found, converted or loaded
+    ├── ModelError                   a model could not be found, converted, loaded or called
+    │   └── ModelUnavailableError    a remote model server cannot be reached or is overloaded
     ├── StoreError                   a graph or vector store failed
     │   ├── StoreUnavailableError    cannot connect / the store is down
     │   └── QueryTimeoutError        a query ran past its time-out
@@ -39,6 +40,7 @@ __all__ = [
     "CycleError",
     "StageFailedError",
     "ModelError",
+    "ModelUnavailableError",
     "StoreError",
     "StoreUnavailableError",
     "QueryTimeoutError",
@@ -134,7 +136,12 @@ class StageFailedError(PipelineError):
 
 
 class ModelError(RagkitError):
-    """A local model could not be found, converted or loaded."""
+    """A model could not be found, converted, loaded or called."""
+
+
+class ModelUnavailableError(ModelError):
+    """A remote model server cannot be reached, or keeps answering that it is busy. Check that it is
+    running and that the resource's ``base_url`` is right; the same call may work later."""
 
 
 class StoreError(RagkitError):

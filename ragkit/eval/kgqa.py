@@ -182,6 +182,7 @@ def _pipeline_for_graph(spec: dict[str, Any], graph_file: Path, bank_file: Path,
     for r in d.get("resources", {}).values():
         if r.get("type") == "example_bank":
             r["path"] = str(bank_file)
+            r["persist"] = False  # a per-run temporary file: nothing to reuse later
     return Pipeline.from_dict(d, source=source)
 
 

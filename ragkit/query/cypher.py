@@ -31,7 +31,7 @@ def _strip_strings(q: str) -> str:
 
 
 def unknown_cypher_terms(query: str, schema: GraphSchema) -> list[str]:
-    """Node labels and relationship types the query names that the schema does not have."""
+    """Node labels, relationship types and property keys the query names that the schema does not have."""
     q = _strip_strings(query)
     labels = {c.name for c in schema.classes}
     rels = {p.name for p in schema.properties if p.kind == "relationship"}
@@ -48,4 +48,16 @@ def unknown_cypher_terms(query: str, schema: GraphSchema) -> list[str]:
             t = t.strip().strip("`")
             if t and t not in rels:
                 bad.append(f"relationship :{t}")
+    # n.key — property keys of nodes and relationships (map keys in {key: value} are checked too)
+    keys = {p.name for p in schema.properties if p.kind != "relationship"}
+    if keys:
+        for m in re.finditer(r"(?<![\w.])([A-Za-z_]\w*)\.(`[^`]+`|[A-Za-z_]\w*\b)(?!\s*\()", q):
+            key = m.group(2).strip("`")
+            if key not in keys:
+                bad.append(f"property .{key}")
+        # {key: value} inside a node or relationship pattern: (n:Label {key: ...}), [r:TYPE {key: ...}]
+        for m in re.finditer(r"[(\[]\s*\w*\s*(?::\s*(?:`[^`]+`|[\w|]+)\s*)*\{([^{}]*)\}\s*[)\]]", q):
+            for k in re.findall(r"(?:^|,)\s*(`[^`]+`|\w+)\s*:", m.group(1)):
+                if k.strip("`") not in keys:
+                    bad.append(f"property .{k.strip('`')}")
     return list(dict.fromkeys(bad))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from typing import Any
 
 from ragkit.query.text import reply_body
 
-__all__ = ["extract_query", "add_missing_prefixes", "parse_error", "unbound_variables"]
+__all__ = ["extract_query", "add_missing_prefixes", "parse_error", "unbound_variables", "unknown_sparql_terms"]
 
 _START = re.compile(r"(?is)\b(PREFIX|BASE|SELECT|ASK|CONSTRUCT|DESCRIBE)\b")
 _FENCE = re.compile(r"```(?:sparql|SPARQL|cypher|sql)?\s*\n?(.*?)(?:```|$)", re.S)
@@ -131,3 +132,92 @@ def unbound_variables(query: str) -> list[str]:
                 needed.append(tok[1:])
     bound = {v[1:] for v in re.findall(r"[?$]\w+", body)}
     return sorted({v for v in needed if v not in bound})
+
+
+# Vocabularies every RDF graph may use without declaring them in its data.
+_BUILTIN_NAMESPACES = (
+    "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
+    "http://www.w3.org/2000/01/rdf-schema#",
+    "http://www.w3.org/2002/07/owl#",
+    "http://www.w3.org/2001/XMLSchema#",
+    "http://www.w3.org/2004/02/skos/core#",
+)
+
+
+def _unescape(iri: str) -> str:
+    # rdflib keeps the backslash of an escaped prefixed-name local part (``:singer\\#name``)
+    return re.sub(r"\\([_~.\-!$&'()*+,;=/?#@%])", r"\1", iri)
+
+
+def _query_terms(query: str) -> tuple[set[str], set[str]]:
+    """(predicate IRIs, class IRIs used as objects of rdf:type) in the query's triple patterns."""
+    from rdflib import URIRef
+    from rdflib.namespace import RDF
+    from rdflib.paths import Path
+    from rdflib.plugins.sparql import prepareQuery
+
+    from ragkit.query.guard import SPARQL_PARSE_LOCK
+
+    term_logger = logging.getLogger("rdflib.term")
+    with SPARQL_PARSE_LOCK:  # pyparsing grammars keep shared state
+        level = term_logger.level
+        term_logger.setLevel(logging.ERROR)  # rdflib warns about the escapes it leaves in local names
+        try:
+            algebra = prepareQuery(query).algebra
+        finally:
+            term_logger.setLevel(level)
+    preds: set[str] = set()
+    classes: set[str] = set()
+
+    def path_iris(p: object) -> list[str]:
+        if isinstance(p, URIRef):
+            return [_unescape(str(p))]
+        out: list[str] = []
+        for attr in ("args", "path"):
+            sub = getattr(p, attr, None)
+            for x in sub if isinstance(sub, list) else [sub] if sub is not None else []:
+                out.extend(path_iris(x))
+        return out
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "triples" and isinstance(v, list):
+                    for t in v:
+                        if len(t) == 3:
+                            _, p, o = t
+                            if isinstance(p, (URIRef, Path)):
+                                preds.update(path_iris(p))
+                            if p == RDF.type and isinstance(o, URIRef):
+                                classes.add(_unescape(str(o)))
+                else:
+                    walk(v)
+        elif isinstance(node, (list, tuple)):
+            for x in node:
+                walk(x)
+
+    walk(algebra)
+    return preds, classes
+
+
+def unknown_sparql_terms(query: str, schema: Any) -> list[str]:
+    """Classes and properties the query names that the schema (a :class:`GraphSchema`) does not have.
+
+    Terms of the standard vocabularies (rdf, rdfs, owl, xsd, skos) are always allowed. A query that
+    does not parse yields no terms here: :func:`parse_error` reports it.
+    """
+    try:
+        preds, classes = _query_terms(query)
+    except Exception:  # noqa: BLE001 - a parse failure is parse_error's to report
+        return []
+    known_props = {p.name for p in schema.properties}
+    known_classes = {c.name for c in schema.classes}
+    bad: list[str] = []
+    for iri in sorted(classes):
+        if iri not in known_classes and not iri.startswith(_BUILTIN_NAMESPACES):
+            bad.append(f"class {schema.compact(iri)}")
+    for iri in sorted(preds):
+        if iri not in known_props and not iri.startswith(_BUILTIN_NAMESPACES):
+            bad.append(f"property {schema.compact(iri)}")
+    return bad
+

@@ -4,6 +4,12 @@ A bank file is JSON Lines, one ``{"question": ..., "sparql": ...}`` (or ``"cyphe
 per line. Search returns the top-k examples by cosine similarity to the question, diversified with
 maximal marginal relevance (MMR) so the prompt does not get five copies of one pattern.
 
+The question embeddings of a bank file are persisted (``$RAGKIT_CACHE_DIR/example_banks``, written
+atomically, keyed by the file's content and the embedder), so a restart re-embeds only questions it
+has not seen. Given the graph ``store``, examples whose query names a class, property, label or
+relationship type the live schema lacks (or that the read-only guard refuses) are left out of
+searches; they are checked again whenever the store's data fingerprint changes.
+
 Example:
     >>> from ragkit.stores.examples import ExampleBank
     >>> from ragkit.testing import HashingEmbedder
@@ -15,8 +21,11 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
+import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -28,10 +37,11 @@ from ragkit.core.component import Resource, register_resource
 from ragkit.errors import InputError, MissingDependencyError
 from ragkit.models.base import Embedder
 from ragkit.query.text import question_skeleton
+from ragkit.stores.base import GraphSchema, GraphStore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExampleBank", "QueryExample", "read_examples"]
+__all__ = ["ExampleBank", "QueryExample", "read_examples", "example_problem"]
 
 _QUERY_KEYS = ("query", "sparql", "cypher")
 
@@ -77,6 +87,8 @@ class ExampleBank(Resource):
         mask_entities: compare question skeletons (names, quoted strings and numbers masked, see
             :func:`~ragkit.query.text.question_skeleton`) instead of raw questions, so examples are
             found by what they ask rather than by which entity they name.
+        store: the graph the queries run on; examples that do not fit its live schema are left out.
+        persist: keep the question embeddings of a bank file in ragkit's cache folder.
 
     Example:
         >>> from ragkit.testing import HashingEmbedder
@@ -85,17 +97,31 @@ class ExampleBank(Resource):
         2
     """
 
-    def __init__(self, path: str | None = None, embedder: Embedder | None = None, mask_entities: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | None = None,
+        embedder: Embedder | None = None,
+        mask_entities: bool = True,
+        store: GraphStore | None = None,
+        persist: bool = True,
+    ) -> None:
         if embedder is None:
             raise ValueError("an example bank needs an 'embedder' resource")
         self.path = path
         self.embedder = embedder
         self.mask_entities = mask_entities
+        self.store = store
+        self.persist = persist
         self._examples: list[QueryExample] = []
         self._vectors: Any = None
         self._index: Any = None
         self._given: list[QueryExample] | None = None
         self._exclude = threading.local()
+        self._stale: set[int] = set()
+        self._checked_fingerprint: str | None = None
+        self._check_lock = threading.Lock()
+        self.reused = 0
+        """Embeddings taken from the persisted cache at the last load (not recomputed)."""
 
     @classmethod
     def from_examples(cls, examples: Iterable[tuple[str, str] | QueryExample], embedder: Embedder, mask_entities: bool = True) -> ExampleBank:
@@ -118,10 +144,77 @@ class ExampleBank(Resource):
         if not self._examples:
             self._index = None
             return
-        vecs = self.embedder.embed([self._key(e.question) for e in self._examples])
+        vecs = self._embed_keys([self._key(e.question) for e in self._examples])
         self._vectors = vecs
         self._index = faiss.IndexFlatIP(vecs.shape[1])
         self._index.add(vecs)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def _cache_folder(self) -> Path | None:
+        if not self.persist or self.path is None or self._given is not None:
+            return None
+        from ragkit.models.llm import cache_dir
+
+        model = self.embedder.init_params.get("model")
+        ident = f"{Path(self.path).resolve()}|{type(self.embedder).type_name}:{model or 'default'}|{self.mask_entities}"
+        return cache_dir() / "example_banks" / hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+    def _embed_keys(self, keys: list[str]) -> Any:
+        """Embeddings of ``keys``, reusing the persisted ones and saving the result atomically."""
+        import numpy as np
+
+        folder = self._cache_folder()
+        known: dict[str, Any] = {}
+        if folder is not None and (folder / "meta.json").is_file():
+            try:
+                old_keys = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["keys"]
+                old = np.load(folder / "vectors.npy")
+                if len(old_keys) == len(old):
+                    known = dict(zip(old_keys, old))
+            except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+                logger.warning("ignoring the unreadable example-bank cache in %s (%s); re-embedding", folder, e)
+        todo = sorted({k for k in keys if k not in known})
+        if todo:
+            known.update(zip(todo, self.embedder.embed(todo)))
+        vecs = np.asarray([known[k] for k in keys], dtype="float32")
+        self.reused = len(keys) - len(todo)
+        if folder is not None and todo:
+            try:
+                _save_atomically(folder, keys, vecs)
+            except OSError as e:  # a read-only cache is a lost speed-up, not an error
+                logger.warning("could not persist the example-bank embeddings to %s: %s", folder, e)
+        return vecs
+
+    # -- fit to the live schema -----------------------------------------------------------------
+    def _refresh_stale(self) -> None:
+        """Mark examples whose query no longer fits the store's schema (once per data fingerprint)."""
+        if self.store is None or not self._examples:
+            return
+        fp = self.store.fingerprint()
+        if fp == self._checked_fingerprint:
+            return
+        with self._check_lock:
+            if fp == self._checked_fingerprint:
+                return
+            schema = self.store.schema()
+            stale = {i for i, e in enumerate(self._examples) if example_problem(e.query, schema) is not None}
+            if stale:
+                logger.warning(
+                    "%d of %d examples name terms the graph does not have (or are refused) and are left out; "
+                    "first: %r",
+                    len(stale),
+                    len(self._examples),
+                    self._examples[min(stale)].question,
+                )
+            self._stale = stale
+            self._checked_fingerprint = fp
+
+    @property
+    def dropped(self) -> list[QueryExample]:
+        """Examples left out because their query does not fit the live schema."""
+        self.warm_up()
+        self._refresh_stale()
+        return [self._examples[i] for i in sorted(self._stale)]
 
     @contextlib.contextmanager
     def excluding(self, predicate: Callable[[QueryExample], bool]) -> Iterator[None]:
@@ -162,9 +255,12 @@ class ExampleBank(Resource):
         self.warm_up()
         if self._index is None or k <= 0:
             return []
+        self._refresh_stale()
         q = self.embedder.embed([self._key(question)])
         exclude = getattr(self._exclude, "fn", None)
-        allowed = None if exclude is None else {i for i, e in enumerate(self._examples) if not exclude(e)}
+        allowed = None
+        if exclude is not None or self._stale:
+            allowed = {i for i, e in enumerate(self._examples) if i not in self._stale and not (exclude and exclude(e))}
         n = len(self._examples) if allowed is not None else min(max(fetch, k), len(self._examples))
         sims, ids = self._index.search(q, n)
         cand = [int(i) for i in ids[0] if i >= 0 and (allowed is None or int(i) in allowed)][: max(fetch, k)]
@@ -183,3 +279,43 @@ class ExampleBank(Resource):
             chosen.append(best)
             cand.remove(best)
         return [self._examples[i].model_copy(update={"score": sim[i]}) for i in chosen]
+
+
+def example_problem(query: str, schema: GraphSchema) -> str | None:
+    """Why an example's query does not fit ``schema`` (refused, or naming unknown terms), or None."""
+    from ragkit.errors import QueryError
+    from ragkit.query.guard import check_read_only
+
+    try:
+        check_read_only(query, schema.language)
+    except QueryError as e:
+        return str(e)
+    if schema.language == "sparql":
+        from ragkit.query.sparql import unknown_sparql_terms
+
+        bad = unknown_sparql_terms(query, schema)
+    else:
+        from ragkit.query.cypher import unknown_cypher_terms
+
+        bad = unknown_cypher_terms(query, schema)
+    return f"unknown {', '.join(bad)}" if bad else None
+
+
+def _save_atomically(folder: Path, keys: list[str], vecs: Any) -> None:
+    """Write vectors.npy and meta.json so that a reader sees the old pair or the new one."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_vec = tempfile.mkstemp(dir=folder, suffix=".npy.tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, vecs)
+        f.flush()
+        os.fsync(f.fileno())
+    fd, tmp_meta = tempfile.mkstemp(dir=folder, suffix=".json.tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump({"keys": keys, "dim": int(vecs.shape[1])}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    # meta.json goes last and is checked against the vectors' length on load
+    os.replace(tmp_vec, folder / "vectors.npy")
+    os.replace(tmp_meta, folder / "meta.json")

@@ -268,3 +268,28 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     proc = ragkit("--debug", "run", str(tmp_path / "nope.yaml"), "-q", "x")
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "ConfigError" in proc.stderr
+
+
+# ---- ragkit serve -------------------------------------------------------------------------------
+
+
+def test_serve_missing_file_exits_2_with_one_line() -> None:
+    r = ragkit("serve", "no/such/pipeline.yaml")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: no/such/pipeline.yaml: no such file (check the path)"
+
+
+def test_serve_pipeline_without_question_input_exits_2(tmp_path: Path) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text("version: 1\nstages:\n  - {name: echo, type: echo}\ninputs: {text: [echo.text]}\noutputs: {answer: echo.text}\n")
+    r = ragkit("serve", str(f), "--port", "1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "needs a pipeline with a 'question' input" in r.stderr
+
+
+def test_serve_concurrency_on_an_unsafe_pipeline_exits_2(tmp_path: Path) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text("version: 1\nstages:\n  - {name: echo, type: echo}\ninputs: {question: [echo.text]}\noutputs: {answer: echo.text}\n")
+    r = ragkit("serve", str(f), "--concurrency", "2")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "stage 'echo' (echo)" in r.stderr and "use concurrency 1" in r.stderr

@@ -37,7 +37,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ragkit.core.cache import CacheLookup, ResponseCache
 from ragkit.core.component import register_resource
@@ -95,6 +95,9 @@ class SemanticCache(ResponseCache):
         >>> SemanticCache(embedder=HashingEmbedder()).threshold
         0.9
     """
+
+    thread_safe: ClassVar[bool] = True
+    """Lookups and writes hold one lock; SQLite serialises writers across processes."""
 
     def __init__(
         self,

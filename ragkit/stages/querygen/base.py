@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ragkit.core.metrics import current_recorder
 from ragkit.core.stage import Output, Stage
-from ragkit.errors import InputError, QueryError, StoreError
+from ragkit.errors import InputError, QueryError, StoreError, StoreUnavailableError
 from ragkit.models.base import LLM, ChatMessage
 from ragkit.stages.linkers.entity import LinkedEntities, query_values
 from ragkit.stores.base import GraphSchema, GraphStore
@@ -31,7 +31,7 @@ from ragkit.stores.examples import QueryExample
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["QueryCandidate", "GeneratedQuery", "QueryGenOutput", "QueryGenerator"]
+__all__ = ["QueryCandidate", "GeneratedQuery", "QueryGenOutput", "QueryGenerator", "unknown_terms_message"]
 
 
 class QueryCandidate(BaseModel):
@@ -183,6 +183,21 @@ class QueryGenerator(Stage):
             if error is None and self.store is not None:
                 try:
                     rows = len(self.store.query(query, limit=5).rows)
+                except StoreUnavailableError:
+                    raise  # the store is down, not the query wrong: repairing it would not help
                 except (QueryError, StoreError) as e:
                     error = f"{type(e).__name__}: {e}"
             out.append(QueryCandidate(query=query, score=score, error=error, rows=rows, origin=origin))
+
+
+def unknown_terms_message(bad: list[str], known: dict[str, list[str]]) -> str:
+    """One line for a repair prompt: each unknown ``"<kind> <term>"`` with the closest known terms
+    of that kind (``unknown property :x (did you mean :y?)``)."""
+    import difflib
+
+    parts = []
+    for item in bad:
+        kind, _, term = item.partition(" ")
+        near = difflib.get_close_matches(term, known.get(kind, []), n=3, cutoff=0.5)
+        parts.append(f"unknown {item}" + (f" (did you mean {' or '.join(near)}?)" if near else ""))
+    return "; ".join(parts) + "; use only the terms of the schema"

@@ -20,7 +20,7 @@ from ragkit.core.component import register_stage
 from ragkit.errors import QueryError
 from ragkit.query.cypher import extract_cypher, unknown_cypher_terms
 from ragkit.query.guard import check_read_only
-from ragkit.stages.querygen.base import QueryGenerator
+from ragkit.stages.querygen.base import QueryGenerator, unknown_terms_message
 from ragkit.stores.base import GraphSchema
 
 __all__ = ["CypherQueryGenerator", "DEFAULT_CYPHER_INSTRUCTIONS"]
@@ -59,6 +59,12 @@ class CypherQueryGenerator(QueryGenerator):
             return str(e)
         bad = unknown_cypher_terms(query, schema)
         if bad:
-            labels = ", ".join(c.name for c in schema.classes[:12])
-            return f"unknown {', '.join(bad)} (the schema has: {labels})"
+            return unknown_terms_message(
+                bad,
+                {
+                    "label": [f":{c.name}" for c in schema.classes],
+                    "relationship": [f":{p.name}" for p in schema.properties if p.kind == "relationship"],
+                    "property": [f".{p.name}" for p in schema.properties if p.kind != "relationship"],
+                },
+            )
         return None

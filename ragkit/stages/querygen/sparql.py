@@ -20,8 +20,8 @@ from __future__ import annotations
 from ragkit.core.component import register_stage
 from ragkit.errors import QueryError
 from ragkit.query.guard import check_read_only
-from ragkit.query.sparql import add_missing_prefixes, extract_query, parse_error, unbound_variables
-from ragkit.stages.querygen.base import QueryGenerator
+from ragkit.query.sparql import add_missing_prefixes, extract_query, parse_error, unbound_variables, unknown_sparql_terms
+from ragkit.stages.querygen.base import QueryGenerator, unknown_terms_message
 from ragkit.stores.base import GraphSchema
 
 __all__ = ["SparqlQueryGenerator", "DEFAULT_SPARQL_INSTRUCTIONS"]
@@ -54,7 +54,8 @@ class SparqlQueryGenerator(QueryGenerator):
         return add_missing_prefixes(extract_query(text), schema.prefixes)
 
     def check(self, query: str, schema: GraphSchema) -> str | None:
-        """Refused by the guard, unparseable, or projecting unbound variables: the reason; else None."""
+        """Refused by the guard, unparseable, naming terms the schema lacks, or projecting unbound
+        variables: the reason (with "did you mean" hints a repair round can use); else None."""
         try:
             check_read_only(query, "sparql")
         except QueryError as e:
@@ -62,8 +63,18 @@ class SparqlQueryGenerator(QueryGenerator):
         err = parse_error(query)
         if err is not None:
             return f"SPARQL syntax error: {err}"
+        bad = unknown_sparql_terms(query, schema)
+        if bad:
+            return unknown_terms_message(
+                bad,
+                {
+                    "class": [schema.compact(c.name) for c in schema.classes],
+                    "property": [schema.compact(p.name) for p in schema.properties],
+                },
+            )
         unbound = unbound_variables(query)
         if unbound:
             names = ", ".join(f"?{v}" for v in unbound)
             return f"{names} is selected but never bound in the WHERE block (add a triple pattern that binds it)"
         return None
+

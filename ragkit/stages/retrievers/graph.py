@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from ragkit.core.component import register_stage
 from ragkit.core.metrics import current_recorder
 from ragkit.core.stage import Output, Stage
-from ragkit.errors import QueryError, StoreError
+from ragkit.errors import QueryError, StoreError, StoreUnavailableError
 from ragkit.stages.querygen.base import GeneratedQuery
 from ragkit.stores.base import GraphStore
 
@@ -118,6 +118,8 @@ class GraphQueryRetriever(Stage):
                 continue
             try:
                 res = self.store.query(cand.query, timeout=self.timeout, limit=self.row_limit)
+            except StoreUnavailableError:
+                raise  # the store is down: no candidate can do better, and empty context would hide it
             except (QueryError, StoreError) as e:
                 errors.append(f"{type(e).__name__}: {e}")
                 continue

@@ -88,3 +88,17 @@ def test_extract_cypher_skips_prose_that_merely_mentions_a_write_word() -> None:
 )
 def test_unknown_cypher_terms(query: str, bad: list[str]) -> None:
     assert unknown_cypher_terms(query, SCHEMA) == bad
+
+
+@pytest.mark.parametrize(
+    ("query", "bad"),
+    [
+        ("MATCH (p:Person {name: 'Ann'})-[:LIVES_IN]->(c:City) RETURN c.name, {n: c.name} AS m", []),
+        ("MATCH (p:Person) WHERE p.age > 3 RETURN p.nmae", ["property .age", "property .nmae"]),
+        ("MATCH (p:Person {nam: 'Ann'}) RETURN p.name", ["property .nam"]),
+        ("MATCH (p:Person) RETURN p.name, date.truncate('year', date()) AS y", []),  # a function, not a key
+        ("MATCH (p:Person) RETURN p.`name`", []),
+    ],
+)
+def test_unknown_property_keys(query: str, bad: list[str]) -> None:
+    assert unknown_cypher_terms(query, SCHEMA) == bad

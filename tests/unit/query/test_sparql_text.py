@@ -159,3 +159,35 @@ def test_parse_error() -> None:
 )
 def test_unbound_variables(query: str, unbound: list[str]) -> None:
     assert unbound_variables(query) == unbound
+
+
+# ---- unknown_sparql_terms -------------------------------------------------------------------------
+from ragkit.query.sparql import unknown_sparql_terms  # noqa: E402
+from ragkit.stores.base import GraphSchema, SchemaClass, SchemaProperty  # noqa: E402
+
+NS = "http://example.org/s/"
+SCHEMA = GraphSchema(
+    language="sparql",
+    classes=(SchemaClass(name=NS + "singer"),),
+    properties=(SchemaProperty(name=NS + "singer#name", kind="datatype"), SchemaProperty(name=NS + "knows")),
+    prefixes={"": NS},
+)
+P = f"PREFIX : <{NS}>\nPREFIX rdfs: <http://www.w3.org/2000/01/rdf-schema#>\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "bad"),
+    [
+        ("SELECT ?n WHERE { ?s a :singer ; :singer\\#name ?n }", []),
+        ("SELECT ?n WHERE { ?s a :singer ; rdfs:label ?n }", []),  # standard vocabularies are allowed
+        ("SELECT ?n WHERE { ?s a :singers ; :singer\\#name ?n }", ["class :singers"]),
+        ("SELECT ?n WHERE { ?s a :singer ; :singer\\#nam ?n }", ["property :singer\\#nam"]),
+        ("SELECT ?n WHERE { ?s :knows/:likes ?n }", ["property :likes"]),  # inside a property path
+        ("SELECT ?n WHERE { { ?s :age ?n } UNION { ?s :knows ?n } FILTER EXISTS { ?n :born ?b } }", ["property :age", "property :born"]),
+        ("SELECT ?n WHERE { ?s <http://example.org/s/other> ?n }", ["property :other"]),
+        ("SELECT ?n WHERE { ?s :knows ?n . ?n a ?t }", []),  # a variable class is not a term
+        ("SELECT ?n WHERE { ?s :nope", []),  # does not parse: parse_error's to report
+    ],
+)
+def test_unknown_sparql_terms(body: str, bad: list[str]) -> None:
+    assert unknown_sparql_terms(P + body, SCHEMA) == bad

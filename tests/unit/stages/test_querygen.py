@@ -122,6 +122,8 @@ def test_valid_greedy_reply_is_one_call(schema: Any, monkeypatch: pytest.MonkeyP
     [
         (UNBOUND, "?x is selected but never bound"),
         (BROKEN, "does not parse"),
+        (f"SELECT ?c WHERE {{ <{TINY}ann> <{TINY}livesAt> ?c }}", "unknown property tiny:livesAt (did you mean tiny:livesIn"),
+        (f"SELECT ?c WHERE {{ ?c a <{TINY}Town> }}", "unknown class tiny:Town"),
     ],
 )
 def test_invalid_greedy_reply_brings_beams_then_a_repair_that_shows_the_error(
@@ -355,8 +357,8 @@ def cypher(gen: CypherQueryGenerator, question: str = QUESTION, **kw: Any) -> Qu
 @pytest.mark.parametrize(
     ("reply", "error"),
     [
-        ("MATCH (p:Persn)-[:LIVES_IN]->(c:City) RETURN c.name", "unknown label :Persn (the schema has: Person, City)"),
-        ("MATCH (p:Person)-[:LIVES]->(c:City) RETURN c.name", "unknown relationship :LIVES (the schema has: Person, City)"),
+        ("MATCH (p:Persn)-[:LIVES_IN]->(c:City) RETURN c.name", "unknown label :Persn (did you mean :Person?)"),
+        ("MATCH (p:Person)-[:LIVES]->(c:City) RETURN c.name", "unknown relationship :LIVES (did you mean :LIVES_IN?)"),
     ],
 )
 def test_cypher_unknown_terms_are_reported_and_repaired(reply: str, error: str) -> None:
@@ -365,7 +367,7 @@ def test_cypher_unknown_terms_are_reported_and_repaired(reply: str, error: str) 
     assert len(llm.prompts) == 3
     assert error in llm.prompts[2] and "Write the corrected CYPHER query." in llm.prompts[2]
     assert out.query == C_GOOD and out.generated.language == "cypher"
-    assert out.generated.candidates[1].error == error
+    assert out.generated.candidates[1].error.startswith(error)
 
 
 def test_cypher_valid_greedy_is_one_call_and_values_are_shown() -> None:
