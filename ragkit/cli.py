@@ -100,7 +100,12 @@ def print_trace(trace: Any, file: Any = None) -> None:
     for col in ("stage", "type", "time", "tokens in", "tokens out", "TTFT", "TPOT", "tok/s", "notes"):
         table.add_column(col, justify="right" if col not in ("stage", "type", "notes") else "left")
     for s in trace.stages:
-        notes = ", ".join(f"{k}={v}" for k, v in s.extra.items())
+        parts = {k[7:-7]: v for k, v in s.extra.items() if k.startswith("prompt_") and k.endswith("_tokens") and k != "prompt_tokens"}
+        notes = ", ".join(
+            f"{k}={v}" + (" (" + ", ".join(f"{p} {n}" for p, n in parts.items()) + ")" if k == "prompt_tokens" and parts else "")
+            for k, v in s.extra.items()
+            if k[7:-7] not in parts or not k.startswith("prompt_")
+        )
         if s.error:
             notes = f"[red]{s.error}[/red]"
         tps = s.tokens_per_second
@@ -277,9 +282,18 @@ def stages(show_resources: bool, as_json: bool) -> None:
 @click.option("--graphs", help="Comma-separated graph names to evaluate (KGQA).")
 @click.option("--skip-answer", is_flag=True, help="KGQA: stop after the query's rows (no answer generation).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures as JSON here.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a self-contained HTML report with plots here.")
+@click.option(
+    "--price-per-hour", type=click.FloatRange(min=0), envvar="RAGKIT_PRICE_PER_HOUR", help="USD per hour of the hardware, for cost per million tokens."
+)
+@click.option("--api-prices", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="JSON/YAML {name: {input, output}} USD per million tokens.")
+@click.option("--carbon/--no-carbon", default=True, help="Measure energy and CO2 with codecarbon (offline).")
+@click.option("--country", envvar="RAGKIT_COUNTRY", help="Grid country, ISO 3166 alpha-3 (e.g. FRA). Default: world average.")
+@click.option("--region", envvar="RAGKIT_REGION", help="Grid region within USA/CAN/CHN/Nordics (e.g. california).")
+@click.option("--grid-intensity", type=click.FloatRange(min=0), help="Force the grid intensity, gCO2e per kWh.")
 @click.option(
     "--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-    help="Where items run: this process, or a Ray cluster ($RAY_ADDRESS, else a local one); same results.",
+    help="KGQA: where items run: this process, or a Ray cluster ($RAY_ADDRESS, else a local one); same results.",
 )
 @_guard
 def eval_cmd(
@@ -291,24 +305,50 @@ def eval_cmd(
     graphs: str | None,
     skip_answer: bool,
     report_path: Path | None,
+    html_path: Path | None,
+    price_per_hour: float | None,
+    api_prices: Path | None,
+    carbon: bool,
+    country: str | None,
+    region: str | None,
+    grid_intensity: float | None,
     engine: str = "local",
 ) -> None:
     """Evaluate one or more pipeline files on a dataset and print their figures side by side.
 
-    KGQA folders (questions.jsonl + graphs/) are scored by execution accuracy and answer-set F1
-    under the query-disjoint few-shot protocol; an interrupted run resumes from its predictions.
+    KGQA folders (questions.jsonl + graphs/) are scored by execution accuracy, answer-set F1, valid
+    queries and unknown schema terms under the query-disjoint few-shot protocol; text QA folders
+    (questions.jsonl + corpus.jsonl) by recall@k, MRR, nDCG, EM, token F1 and abstention. An
+    interrupted run resumes from its predictions. Tokenomics (latency, TTFT, TPOT, tokens, cost,
+    energy and CO2 per 1,000 questions) are printed for every pipeline.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ragkit.eval.kgqa import evaluate_kgqa
+    from ragkit.eval.runner import EvalSettings, dataset_kind, evaluate_pipeline
+    from ragkit.tokenomics.costs import load_api_prices
 
-    if not dataset.is_dir():
-        raise UserError(f"dataset folder {dataset} does not exist")
-    if (dataset / "corpus.jsonl").is_file():
-        raise UserError(f"{dataset} is a text QA folder; this ragkit evaluates KGQA folders (questions.jsonl + graphs/)")
+    kind = dataset_kind(dataset)
     if len(pipeline_files) > 1 and predictions is not None and predictions.suffix == ".jsonl":
         raise UserError("with several pipelines, --predictions must be a folder")
+    if kind == "textqa" and (per_graph or graphs or skip_answer or engine != "local"):
+        raise UserError(f"{dataset} is a text QA folder: --per-graph, --graphs, --skip-answer and --engine apply to KGQA folders only")
+    for pf in pipeline_files:
+        if not pf.is_file():
+            raise UserError(f"pipeline file {pf} does not exist")
+    settings = EvalSettings(
+        limit=limit,
+        per_graph=per_graph,
+        graphs=graphs.split(",") if graphs else None,
+        skip_answer=skip_answer,
+        price_per_hour=price_per_hour,
+        api_prices=load_api_prices(api_prices) if api_prices else None,
+        carbon=carbon,
+        country_iso_code=country,
+        region=region,
+        grid_g_per_kwh=grid_intensity,
+        engine=engine,
+    )
     reports = []
     console = Console(stderr=True)
     for pf in pipeline_files:
@@ -326,46 +366,192 @@ def eval_cmd(
             def progress(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            rep = evaluate_kgqa(
-                pf,
-                dataset,
-                pred,
-                limit=limit,
-                per_graph=per_graph,
-                graphs=graphs.split(",") if graphs else None,
-                skip_answer=skip_answer,
-                progress=progress,
-                engine=engine,
-            )
-        rep.extra["predictions"] = str(pred)
-        reports.append(rep)
-    _print_kgqa_reports(reports)
+            reports.append(evaluate_pipeline(pf, dataset, pred, settings, progress=progress))
+    if kind == "kgqa":
+        _print_kgqa_reports(reports)
+    else:
+        _print_textqa_reports(reports)
+    _print_tokenomics(reports)
     if report_path is not None:
-        report_path.parent.mkdir(parents=True, exist_ok=True)
-        report_path.write_text(json.dumps([r.to_dict() for r in reports], indent=2, default=str) + "\n")
+        from ragkit.eval.report import write_json
+
+        write_json(reports, report_path)
+    if html_path is not None:
+        from ragkit.eval.report import write_html
+
+        write_html(reports, html_path)
+        click.echo(f"HTML report: {html_path}")
 
 
-def _print_kgqa_reports(reports: list[Any]) -> None:
+def _ci(m: dict[str, Any] | None, pct: bool = True, with_ci: bool = True) -> str:
+    if not m or m.get("value") is None:
+        return "-"
+    v, ci = m["value"], m.get("ci") if with_ci else None
+    if pct:
+        return f"{v:.1%}" + (f" [{ci[0]:.1%}, {ci[1]:.1%}]" if ci else "")
+    return f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def _print_kgqa_reports(reports: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"KGQA evaluation on {reports[0].dataset}", title_justify="left")
-    for col in ("pipeline", "n", "exec. accuracy [95% CI]", "answer F1", "valid queries", "latency p50", "p95", "tokens in/out", "predictions"):
+    t = Table(title=f"KGQA evaluation on {reports[0]['dataset']}", title_justify="left")
+    for col in ("pipeline", "n", "exec. accuracy [95% CI]", "answer F1", "valid queries", "unknown terms", "latency p50", "p95", "tokens in/out", "predictions"):
         t.add_column(col)
     for r in reports:
-        lo, hi = r.execution_accuracy_ci
+        m = r["metrics"]
         t.add_row(
-            Path(r.pipeline).stem,
-            str(r.n),
-            f"{r.execution_accuracy:.1%} [{lo:.1%}, {hi:.1%}]",
-            f"{r.answer_f1:.3f}",
-            f"{r.valid_query_rate:.1%}",
-            _fmt_s(r.latency_p50),
-            _fmt_s(r.latency_p95),
-            f"{r.tokens_in}/{r.tokens_out}",
-            r.extra.get("predictions", ""),
+            r["name"],
+            str(r["n"]),
+            _ci(m["execution_accuracy"]),
+            _ci(m["answer_f1"], pct=False),
+            _ci(m["valid_query_rate"]),
+            _ci(m["unknown_term_rate"]),
+            _fmt_s(r["latency_p50"]),
+            _fmt_s(r["latency_p95"]),
+            f"{r['tokens_in']}/{r['tokens_out']}",
+            r["predictions"],
         )
-    Console(soft_wrap=False, width=160).print(t)
+    Console(soft_wrap=False, width=200).print(t)
+
+
+def _print_textqa_reports(reports: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"Text QA evaluation on {reports[0]['dataset']}", title_justify="left")
+    names = [k for k in reports[0]["metrics"] if k.startswith("recall@") and k in ("recall@2", "recall@5")]
+    cols = ["pipeline", "n", *names, "MRR", "nDCG", "EM [95% CI]", "token F1 [95% CI]", "abstention P", "abstention R", "predictions"]  # CIs in --report
+    for col in cols:
+        t.add_column(col)
+    for r in reports:
+        m = r["metrics"]
+        ndcg = next((v for k, v in m.items() if k.startswith("ndcg@")), None)
+        t.add_row(
+            r["name"],
+            str(r["n"]),
+            *[_ci(m[k], pct=False, with_ci=False) for k in names],
+            _ci(m["mrr"], pct=False, with_ci=False),
+            _ci(ndcg, pct=False, with_ci=False),
+            _ci(m["exact_match"], pct=False),
+            _ci(m["f1"], pct=False),
+            _ci(m["abstention_precision"], pct=False, with_ci=False),
+            _ci(m["abstention_recall"], pct=False, with_ci=False),
+            r["predictions"],
+        )
+    Console(soft_wrap=False, width=200).print(t)
+
+
+def _print_tokenomics(reports: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="Tokenomics (per question unless stated)", title_justify="left")
+    cols = ["pipeline", "latency p50", "p95", "TTFT p50", "TPOT p50", "out tok/s", "tokens in/out", "$/M tokens", "$/1k q", "API $/1k q", "kWh/1k q", "gCO2e/1k q", "prompt share of question"]
+    for col in cols:
+        t.add_column(col)
+    for r in reports:
+        tk = r["tokenomics"]
+        hw, en = tk.get("hardware") or {}, tk.get("energy") or {}
+        api = tk.get("api") or {}
+        api_range = [v["per_1k_questions"] for v in api.values() if v["per_1k_questions"] is not None]
+        shares = [st["prompt"]["question_share"] for st in tk["stages"].values() if st.get("prompt") and st["prompt"].get("question_share") is not None]
+        t.add_row(
+            r["name"],
+            _fmt_s(tk.get("latency_p50")),
+            _fmt_s(tk.get("latency_p95")),
+            _fmt_s(tk.get("ttft_p50")),
+            _fmt_s(tk.get("tpot_p50")),
+            f"{tk['throughput_tokens_per_s']:.1f}" if tk.get("throughput_tokens_per_s") else "-",
+            f"{tk.get('tokens_in_per_question') or 0:.0f}/{tk.get('tokens_out_per_question') or 0:.0f}",
+            f"${hw['per_million_tokens']:.4f}" if hw.get("per_million_tokens") is not None else "-",
+            f"${hw['per_1k_questions']:.4f}" if hw.get("per_1k_questions") is not None else "-",
+            f"${min(api_range):.4f}-${max(api_range):.4f}" if api_range else "-",
+            f"{en['kwh_per_1k_questions']:.4f}" if en.get("kwh_per_1k_questions") is not None else "-",
+            f"{en['kg_co2e_per_1k_questions'] * 1000:.2f} ({en['basis']})" if en.get("kg_co2e_per_1k_questions") is not None else "-",
+            ", ".join(f"{x:.0%}" for x in shares) or "-",
+        )
+    Console(soft_wrap=False, width=200).print(t)
+
+
+@cli.command("plan")
+@click.option("--params", help="Parameter count: 65B, 7e9, 135M (read from --model's safetensors when omitted).")
+@click.option("--model", help="A local Hugging Face folder, its config.json, or 'smollm2' (the bundled model).")
+@click.option("--dtype", default="fp16", show_default=True, type=click.Choice(["fp32", "fp16", "bf16", "int8", "int4"], case_sensitive=False))
+@click.option("--kv-dtype", type=click.Choice(["fp32", "fp16", "bf16", "int8", "int4"], case_sensitive=False), help="KV cache type (default: dtype; fp16 for int weights).")
+@click.option("--context", default=0, show_default=True, type=int, help="Tokens per sequence in the KV cache (0: weights only).")
+@click.option("--batch", default=1, show_default=True, type=int, help="Sequences served at once.")
+@click.option("--layers", type=int, help="Transformer layers (overrides the model's config).")
+@click.option("--heads", type=int, help="Attention heads.")
+@click.option("--kv-heads", type=int, help="Key/value heads (grouped-query attention; default: --heads).")
+@click.option("--hidden", type=int, help="Hidden size.")
+@click.option("--card-memory", help="Memory of one accelerator card: 80GB, 24GiB, 230MB.")
+@click.option("--train-tokens", help="Training tokens (e.g. 1.4T): adds compute, days and carbon.")
+@click.option("--devices", type=int, help="Devices for training (default: the cards the memory needs).")
+@click.option("--peak-flops", help="Peak FLOP/s of one device, e.g. 312T.")
+@click.option("--utilisation", default=0.4, show_default=True, type=float, help="Share of the peak reached.")
+@click.option("--power-w", default=300.0, show_default=True, type=float, help="Average watts per device (assumption).")
+@click.option("--pue", default=1.0, show_default=True, type=float, help="Data-centre power usage effectiveness.")
+@click.option("--grid-intensity", default=400.0, show_default=True, type=float, help="gCO2e per kWh (assumption).")
+@click.option("--embodied-kg", default=150.0, show_default=True, type=float, help="Embodied kgCO2e per device (assumption).")
+@click.option("--lifetime-years", default=5.0, show_default=True, type=float, help="Service life the embodied carbon is spread over.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@_guard
+def plan_cmd(as_json: bool, **kw: Any) -> None:
+    """Size a model: weights and KV-cache memory, accelerator cards, training compute and days, carbon.
+
+    \b
+    Examples:
+      ragkit plan --params 65B --dtype fp16                       # 130 GB of weights
+      ragkit plan --params 65B --dtype int8 --card-memory 230MB   # 283 cards
+      ragkit plan --model smollm2 --context 8192 --batch 4 --card-memory 24GB
+      ragkit plan --params 7B --train-tokens 1T --devices 64 --peak-flops 312T
+    """
+    from ragkit.tokenomics.plan import make_plan
+
+    kw["grid_g_per_kwh"] = kw.pop("grid_intensity")
+    p = make_plan(**kw)
+    if as_json:
+        click.echo(json.dumps(p.to_dict(), indent=2, default=str))
+        return
+    for line in plan_lines(p):
+        click.echo(line)
+
+
+def _bytes(x: float) -> str:
+    for unit, f in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if x >= f:
+            return f"{x / f:,.2f} {unit}"
+    return f"{x:.0f} B"
+
+
+def plan_lines(p: Any) -> list[str]:
+    """The plan as the lines ``ragkit plan`` prints."""
+    sh = p.shape
+    lines = [f"model: {p.params / 1e9:,.3f} B parameters ({sh.source})"]
+    if sh.layers:
+        lines.append(f"  layers {sh.layers}, hidden {sh.hidden}, heads {sh.heads}, KV heads {sh.kv_heads or sh.heads}")
+    lines.append(f"weights ({p.dtype}): {_bytes(p.weights_bytes)}  = {p.params:,.0f} x {p.weights_bytes / p.params:g} bytes")
+    if p.kv_cache_bytes is not None:
+        lines.append(f"KV cache ({p.kv_dtype}, context {p.context}, batch {p.batch}): {_bytes(p.kv_cache_bytes)}")
+        lines.append(f"total memory: {_bytes(p.total_bytes)}")
+    if p.cards is not None:
+        lines.append(f"cards of {_bytes(p.card_memory_bytes)}: {p.cards} (weights alone: {p.cards_for_weights})")
+    if p.training:
+        tr = p.training
+        lines.append(
+            f"training: 6 x {p.params:.3g} params x {tr['tokens']:.3g} tokens = {tr['flops']:.3g} FLOPs; "
+            f"{tr['devices']} devices x {tr['peak_flops']:.3g} FLOP/s x {tr['utilisation']:.0%} = {tr['days']:,.2f} days"
+        )
+    if p.carbon:
+        c, a = p.carbon, p.assumptions
+        lines.append(
+            f"carbon (estimated): operational {c['operational_kg']:,.1f} kgCO2e ({c['energy_kwh']:,.0f} kWh at {a['power_w_per_device']:g} W/device, "
+            f"PUE {a['pue']:g}, {a['grid_g_per_kwh']:g} g/kWh) + embodied {c['embodied_kg']:,.1f} kgCO2e "
+            f"({a['embodied_kg_per_device']:g} kg/device over {a['lifetime_years']:g} years) = {c['total_kg']:,.1f} kgCO2e"
+        )
+    return lines
 
 
 @cli.command()

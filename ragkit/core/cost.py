@@ -43,7 +43,8 @@ class Price(BaseModel):
 def record_cost(model: str, stats: GenerationStats | None, price: Price) -> float:
     """Add one call of ``model`` to the current stage's ``extra["cost"]``; returns its cost.
 
-    The entry is ``{"total": x, "models": {model: {"calls", "tokens_in", "tokens_out", "seconds", "cost"}}}``.
+    The entry is ``{"total": x, "models": {model: {"calls", "tokens_in", "tokens_out", "seconds", "cost"}}}``;
+    ``extra["cost_total"]`` repeats the total as a plain number.
     """
     stats = stats or GenerationStats()
     amount = price.cost(stats.tokens_in, stats.tokens_out, stats.seconds)
@@ -57,6 +58,7 @@ def record_cost(model: str, stats: GenerationStats | None, price: Price) -> floa
         m["seconds"] = round(m["seconds"] + stats.seconds, 6)
         m["cost"] = round(m["cost"] + amount, 12)
         entry["total"] = round(entry["total"] + amount, 12)
+        rec.trace.extra["cost_total"] = entry["total"]  # a scalar copy: evaluation keeps scalar notes per stage
     return amount
 
 

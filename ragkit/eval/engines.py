@@ -81,8 +81,9 @@ def _iter_job(job: GraphJob) -> Iterator[dict[str, Any]]:
         banks = [r for r in pipe.resources.values() if type(r).type_name == "example_bank"]
         try:
             runner.warm_up()
+            schema = kgqa._store_schema(pipe)
             for it in job.items:
-                yield kgqa._run_one(runner, banks, it, job.gold_rows)
+                yield kgqa._run_one(runner, banks, it, job.gold_rows, schema)
         finally:
             pipe.close()
 

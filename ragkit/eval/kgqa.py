@@ -29,12 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from ragkit.core.pipeline import Pipeline
-from ragkit.errors import InputError, RagkitError, UserError
+from ragkit.errors import InputError, QueryError, RagkitError, UserError
 from ragkit.eval.engines import Engine, GraphJob, get_engine
+from ragkit.query.cypher import cypher_terms, unknown_cypher_terms
+from ragkit.query.sparql import named_and_unknown_terms
+from ragkit.stores.base import GraphSchema
+from ragkit.tokenomics.costs import percentile, stage_records
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KgqaItem", "load_kgqa", "canonical", "execution_match", "answer_f1", "evaluate_kgqa", "KgqaReport", "bootstrap_ci"]
+__all__ = ["KgqaItem", "load_kgqa", "canonical", "execution_match", "answer_f1", "evaluate_kgqa", "KgqaReport", "bootstrap_ci", "schema_term_check", "finished_predictions"]
 
 FILE_STORES = {"oxigraph_store", "rdflib_store", "embedded_cypher_store"}
 GRAPH_SUFFIXES = {"sparql": (".nt", ".ttl", ".rdf"), "cypher": (".cypher",)}
@@ -148,6 +152,12 @@ class KgqaReport:
     answer_f1: float
     answer_f1_ci: tuple[float, float]
     valid_query_rate: float
+    valid_query_rate_ci: tuple[float, float]
+    unknown_term_rate: float | None
+    """Mean, over queries that name schema terms, of the share of those terms the schema does not have."""
+    unknown_term_rate_ci: tuple[float, float] | None
+    queries_with_unknown_terms: float | None
+    """Share of checked queries that name at least one term the schema does not have."""
     latency_p50: float
     latency_p95: float
     tokens_in: int
@@ -193,9 +203,20 @@ def _done_ids(predictions: Path) -> dict[str, dict[str, Any]]:
             try:
                 row = json.loads(line)
                 done[row["id"]] = row
-            except (json.JSONDecodeError, KeyError):
+            except (json.JSONDecodeError, KeyError, TypeError):
                 continue  # a line cut by an interrupt: that item runs again
     return done
+
+
+def finished_predictions(predictions: Path) -> dict[str, dict[str, Any]]:
+    """The finished items of a predictions file, by id; a last line cut by an interrupt is removed so
+    that lines appended next start on a line of their own."""
+    if predictions.is_file():
+        data = predictions.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with predictions.open("r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+    return _done_ids(predictions)
 
 
 def evaluate_kgqa(
@@ -245,10 +266,12 @@ def evaluate_kgqa(
     by_graph: dict[str, list[KgqaItem]] = defaultdict(list)
     for it in all_items:
         by_graph[it.graph].append(it)
-    done = _done_ids(predictions)
+    done = finished_predictions(predictions)
     predictions.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     count = sum(1 for it in selected if it.id in done)
+    if progress is not None:
+        progress(count, len(selected))
     runner = get_engine(engine)
     with contextlib.closing(runner), predictions.open("a", encoding="utf-8") as out:
         for graph in dict.fromkeys(it.graph for it in selected):
@@ -260,7 +283,7 @@ def evaluate_kgqa(
             gold_rows = {(e.question, e.query): Counter(_row_key(r) for r in e.answers) for e in pool}
             graph_file = _graph_file(dataset, graph, todo[0].language).resolve()
             job = GraphJob(spec, str(pipeline_file), str(graph_file), bank_text, todo, gold_rows, skip_answer, str(Path.cwd()))
-            for row in runner.run(job):
+            for row in runner.run(job):  # the engine builds the pipeline and runs the items (ragkit/eval/engines.py)
                 out.write(json.dumps(row, default=str) + "\n")
                 out.flush()
                 done[row["id"]] = row
@@ -271,7 +294,37 @@ def evaluate_kgqa(
     return _report(str(pipeline_file), str(dataset), selected, rows, time.perf_counter() - start)
 
 
-def _run_one(pipe: Pipeline, banks: list[Any], it: KgqaItem, gold_rows: dict[tuple[str, str], Counter]) -> dict[str, Any]:
+def _store_schema(pipe: Pipeline) -> GraphSchema | None:
+    """The schema of the pipeline's file-backed graph store, to check generated queries against."""
+    for r in pipe.resources.values():
+        if type(r).type_name in FILE_STORES:
+            try:
+                return r.schema()  # type: ignore[attr-defined, no-any-return]
+            except RagkitError as e:
+                logger.warning("cannot read the graph schema (%s): schema terms are not checked", e)
+                return None
+    return None
+
+
+def schema_term_check(query: str, schema: GraphSchema | None) -> dict[str, Any] | None:
+    """``{"named": n, "unknown": [terms]}``: the classes/properties (labels/relationship types) the
+    query names and those the store's schema does not have; None without a query, schema or parse."""
+    if not query or schema is None:
+        return None
+    try:
+        if schema.language == "sparql":
+            named, unknown = named_and_unknown_terms(query, schema.terms())
+        else:
+            named = cypher_terms(query)
+            unknown = unknown_cypher_terms(query, schema)
+    except QueryError:
+        return None
+    return {"named": len(named), "unknown": unknown}
+
+
+def _run_one(
+    pipe: Pipeline, banks: list[Any], it: KgqaItem, gold_rows: dict[tuple[str, str], Counter], schema: GraphSchema | None = None
+) -> dict[str, Any]:
     mine = Counter(_row_key(r) for r in it.answers)
 
     def forbidden(ex: Any) -> bool:
@@ -309,20 +362,18 @@ def _run_one(pipe: Pipeline, banks: list[Any], it: KgqaItem, gold_rows: dict[tup
             "stages": {s.name: round(s.seconds, 4) for s in trace.stages} if trace else {},
         },
         "tokens": {"in": trace.tokens_in if trace else 0, "out": trace.tokens_out if trace else 0},
+        "schema_terms": schema_term_check(query, schema),
+        "stages": stage_records(trace),
     }
-
-
-def _pct(xs: list[float], q: float) -> float:
-    if not xs:
-        return 0.0
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
 def _report(pipeline: str, dataset: str, items: list[KgqaItem], rows: list[dict[str, Any]], seconds: float) -> KgqaReport:
     acc = [1.0 if r["correct"] else 0.0 for r in rows]
     f1 = [float(r["f1"]) for r in rows]
+    valid = [1.0 if r.get("valid") else 0.0 for r in rows]
     lat = [float(r["timings"]["total"]) for r in rows]
+    checked = [r["schema_terms"] for r in rows if r.get("schema_terms")]
+    unknown = [len(c["unknown"]) / c["named"] for c in checked if c["named"]]
     n = len(rows)
     return KgqaReport(
         pipeline=pipeline,
@@ -332,9 +383,13 @@ def _report(pipeline: str, dataset: str, items: list[KgqaItem], rows: list[dict[
         execution_accuracy_ci=bootstrap_ci(acc),
         answer_f1=sum(f1) / n,
         answer_f1_ci=bootstrap_ci(f1),
-        valid_query_rate=sum(1 for r in rows if r.get("valid")) / n,
-        latency_p50=_pct(lat, 0.5),
-        latency_p95=_pct(lat, 0.95),
+        valid_query_rate=sum(valid) / n,
+        valid_query_rate_ci=bootstrap_ci(valid),
+        unknown_term_rate=sum(unknown) / len(unknown) if unknown else None,
+        unknown_term_rate_ci=bootstrap_ci(unknown) if unknown else None,
+        queries_with_unknown_terms=sum(1 for c in checked if c["unknown"]) / len(checked) if checked else None,
+        latency_p50=percentile(lat, 0.5) or 0.0,
+        latency_p95=percentile(lat, 0.95) or 0.0,
         tokens_in=sum(r["tokens"]["in"] for r in rows),
         tokens_out=sum(r["tokens"]["out"] for r in rows),
         seconds=seconds,

@@ -26,11 +26,11 @@ import re
 import string
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ragkit.errors import InputError
+from ragkit.errors import InputError, RagkitError
 
 logger = logging.getLogger(__name__)
 
@@ -166,47 +166,68 @@ def evaluate_textqa(
     limit: int | None = None,
     *,
     ks: Sequence[int] = (1, 2, 5, 10),
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``pipeline`` on every question of a text QA folder; write predictions; return the metrics.
 
-    Each prediction line is ``{"id", "answer", "abstained", "retrieved": [ids], "timings", "tokens"}``.
+    Each prediction line is ``{"id", "answer", "abstained", "retrieved": [ids], "timings", "tokens",
+    "stages"}``. Items already in ``predictions_path`` are not run again: an interrupted run resumes
+    where it stopped (a line cut by the interrupt is dropped and its item runs again).
 
     Args:
         pipeline: a :class:`~ragkit.core.pipeline.Pipeline` with a ``question`` input and an ``answer`` output.
         dataset_dir: the folder holding ``questions.jsonl``.
-        predictions_path: where the JSON Lines predictions go (overwritten).
+        predictions_path: the JSON Lines predictions file (appended to; finished items are kept).
         limit: evaluate only the first ``limit`` questions.
         ks: the cut-offs of recall@k and nDCG@k.
+        progress: called with (done, total) before the first item and after each one.
     """
+    from ragkit.eval.kgqa import finished_predictions
+    from ragkit.tokenomics.costs import stage_records
+
     items = read_textqa(dataset_dir)[: limit if limit is not None else None]
     out_path = Path(predictions_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
-    pipeline.warm_up()
-    with out_path.open("w", encoding="utf-8") as f:
-        for item in items:
+    done = finished_predictions(out_path)
+    todo = [it for it in items if it["id"] not in done]
+    count = len(items) - len(todo)
+    if progress is not None:
+        progress(count, len(items))
+    if todo:
+        pipeline.warm_up()
+    with out_path.open("a", encoding="utf-8") as f:
+        for item in todo:
             start = time.perf_counter()
-            result = pipeline.run(question=item["question"], on_token=lambda _t: None)
-            trace = result.trace
-            answer = result.outputs.get("answer", "")
+            error = None
+            try:
+                result = pipeline.run(question=item["question"], on_token=lambda _t: None)
+            except RagkitError as e:  # one failing item must not end the run
+                error, result = f"{type(e).__name__}: {e}", None
+            trace = result.trace if result is not None else None
+            answer = result.outputs.get("answer", "") if result is not None else ""
             answer = getattr(answer, "text", answer)
-            abstained = bool(result.outputs.get("abstained", False))
             pred = {
                 "id": item["id"],
                 "answer": str(answer or ""),
-                "abstained": abstained,
-                "retrieved": _retrieved(result),
+                "abstained": bool(result.outputs.get("abstained", False)) if result is not None else False,
+                "retrieved": _retrieved(result) if result is not None else [],
                 "timings": {
                     "total": round(time.perf_counter() - start, 4),
-                    "ttft": None if trace.ttft is None else round(trace.ttft, 4),
-                    "stages": {s.name: round(s.seconds, 4) for s in trace.stages},
+                    "ttft": None if trace is None or trace.ttft is None else round(trace.ttft, 4),
+                    "stages": {s.name: round(s.seconds, 4) for s in trace.stages} if trace is not None else {},
                 },
-                "tokens": {"in": trace.tokens_in, "out": trace.tokens_out},
+                "tokens": {"in": trace.tokens_in if trace else 0, "out": trace.tokens_out if trace else 0},
+                "stages": stage_records(trace),
             }
+            if error:
+                pred["error"] = error
             f.write(json.dumps(pred, ensure_ascii=False) + "\n")
             f.flush()
-            rows.append(pred)
-    return summarize(items, rows, ks)
+            done[item["id"]] = pred
+            count += 1
+            if progress is not None:
+                progress(count, len(items))
+    return summarize(items, [done[it["id"]] for it in items], ks)
 
 
 def summarize(items: Sequence[dict[str, Any]], predictions: Sequence[dict[str, Any]], ks: Sequence[int] = (1, 2, 5, 10)) -> dict[str, Any]:
@@ -220,16 +241,25 @@ def summarize(items: Sequence[dict[str, Any]], predictions: Sequence[dict[str, A
         xs = [x for x in xs if not math.isnan(x)]
         return round(sum(xs) / len(xs), 4) if xs else math.nan
 
+    from ragkit.eval.kgqa import bootstrap_ci
+
     answerable = [(it, p) for it, p in pairs if it["answers"]]
     with_support = [(it, p) for it, p in pairs if it.get("supporting")]
     out: dict[str, Any] = {"n": len(pairs), "answerable": len(answerable), "unanswerable": len(pairs) - len(answerable)}
+    per_item: dict[str, list[float]] = {}
     for k in ks:
-        out[f"recall@{k}"] = mean([recall_at_k(p["retrieved"], it["supporting"], k) for it, p in with_support])
-    out["mrr"] = mean([reciprocal_rank(p["retrieved"], it["supporting"]) for it, p in with_support])
-    out[f"ndcg@{max(ks)}"] = mean([ndcg_at_k(p["retrieved"], it["supporting"], max(ks)) for it, p in with_support])
+        per_item[f"recall@{k}"] = [recall_at_k(p["retrieved"], it["supporting"], k) for it, p in with_support]
+    per_item["mrr"] = [reciprocal_rank(p["retrieved"], it["supporting"]) for it, p in with_support]
+    per_item[f"ndcg@{max(ks)}"] = [ndcg_at_k(p["retrieved"], it["supporting"], max(ks)) for it, p in with_support]
     # An abstention on an answerable question scores 0: the user got no answer.
-    out["exact_match"] = mean([0.0 if p["abstained"] else exact_match(p["answer"], it["answers"]) for it, p in answerable])
-    out["f1"] = mean([0.0 if p["abstained"] else token_f1(p["answer"], it["answers"]) for it, p in answerable])
+    per_item["exact_match"] = [0.0 if p["abstained"] else exact_match(p["answer"], it["answers"]) for it, p in answerable]
+    per_item["f1"] = [0.0 if p["abstained"] else token_f1(p["answer"], it["answers"]) for it, p in answerable]
+    for name, values in per_item.items():
+        out[name] = mean(values)
+    # abstention recall: over unanswerable items, did it abstain; precision: over abstentions, was it right to
+    per_item["abstention_recall"] = [float(p["abstained"]) for it, p in pairs if not it["answers"]]
+    per_item["abstention_precision"] = [float(not it["answers"]) for it, p in pairs if p["abstained"]]
+    out["ci"] = {name: [round(x, 4) for x in bootstrap_ci(v)] if v else None for name, v in per_item.items()}
     out["abstention"] = {
         k: (round(v, 4) if not math.isnan(v) else None)
         for k, v in abstention_metrics([p["abstained"] for _, p in pairs], [bool(it["answers"]) for it, _ in pairs]).items()

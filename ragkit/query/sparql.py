@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from ragkit.query.text import reply_body
 
-__all__ = ["extract_query", "add_missing_prefixes", "parse_error", "unbound_variables", "unknown_sparql_terms"]
+__all__ = ["extract_query", "add_missing_prefixes", "complete_triples", "parse_error", "unbound_variables", "schema_terms", "typed_schema_terms", "named_and_unknown_terms", "unknown_sparql_terms"]
 
 _START = re.compile(r"(?is)\b(PREFIX|BASE|SELECT|ASK|CONSTRUCT|DESCRIBE)\b")
 _FENCE = re.compile(r"```(?:sparql|SPARQL|cypher|sql)?\s*\n?(.*?)(?:```|$)", re.S)
@@ -74,6 +75,36 @@ def add_missing_prefixes(query: str, prefixes: dict[str, str]) -> str:
     return "\n".join(f"PREFIX {p}: <{prefixes[p]}>" for p in missing) + "\n" + query
 
 
+_NAME = r"(?:[A-Za-z][\w-]*)?:(?:[\w-]|\\[_~.\-!$&'()*+,;=/?#@%])+|<[^<>\s]+>"
+# "?s pred ." / "?s pred }" / "?s pred ;": a triple pattern the model left without its object
+_NO_OBJECT = re.compile(rf"(\?\w+)(\s+)({_NAME})(?=\s*[.;}}])")
+_DANGLING = re.compile(r"(?i)\s*\b(?:GROUP|ORDER)\s+BY\s*(?=$|\b(?:LIMIT|OFFSET|HAVING|ORDER|GROUP)\b)")
+
+
+def complete_triples(query: str) -> str:
+    """Fix two small-model slips that are unambiguous to repair:
+
+    * a triple pattern without its object (``?b lib:author .``) gets a variable object, one the
+      SELECT clause projects if its name ends with the property's local name, else
+      ``?<subject>_<local name>``;
+    * a GROUP BY or ORDER BY with nothing after it is dropped.
+    """
+    head = re.search(r"(?is)\bSELECT\b(.*?)(?:\bWHERE\b|\{)", query)
+    projected = re.findall(r"\?(\w+)", head.group(1)) if head else []
+
+    def fill(m: re.Match[str]) -> str:
+        subj, gap, pred = m.group(1), m.group(2), m.group(3)
+        local = re.sub(r"\\(.)", r"\1", pred.strip("<>")).rstrip("/#")
+        local = re.split(r"[#/:]", local)[-1]
+        local = re.sub(r"\W", "_", local) or "value"
+        var = next((v for v in projected if v == local or v.endswith("_" + local)), f"{subj[1:]}_{local}")
+        return f"{subj}{gap}{pred} ?{var}"
+
+    # only inside the braces, and never inside strings or IRIs in FILTERs (the pattern needs a variable subject)
+    out = _NO_OBJECT.sub(fill, query) if "{" in query else query
+    return _DANGLING.sub(" ", out).rstrip() if _DANGLING.search(out) else out
+
+
 _empty_store: Any = None
 _empty_lock = threading.Lock()
 
@@ -134,90 +165,132 @@ def unbound_variables(query: str) -> list[str]:
     return sorted({v for v in needed if v not in bound})
 
 
-# Vocabularies every RDF graph may use without declaring them in its data.
-_BUILTIN_NAMESPACES = (
+_STANDARD_NS = (
     "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
     "http://www.w3.org/2000/01/rdf-schema#",
     "http://www.w3.org/2002/07/owl#",
     "http://www.w3.org/2001/XMLSchema#",
     "http://www.w3.org/2004/02/skos/core#",
 )
+"""Vocabularies every RDF graph may use without declaring them in its data."""
+_RDF_TYPE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#type"
 
 
-def _unescape(iri: str) -> str:
-    # rdflib keeps the backslash of an escaped prefixed-name local part (``:singer\\#name``)
-    return re.sub(r"\\([_~.\-!$&'()*+,;=/?#@%])", r"\1", iri)
+_PN_ESCAPE = re.compile(r"\\([_~.\-!$&'()*+,;=/?#@%])")
 
 
-def _query_terms(query: str) -> tuple[set[str], set[str]]:
-    """(predicate IRIs, class IRIs used as objects of rdf:type) in the query's triple patterns."""
-    from rdflib import URIRef
-    from rdflib.namespace import RDF
-    from rdflib.paths import Path
+class _EscapedNameFilter(logging.Filter):
+    """rdflib warns about every prefixed name with an escape (``ex:a\\#b``) it keeps unexpanded;
+    :func:`schema_terms` unescapes those names itself, so the warnings are noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "\\" not in record.getMessage()
+
+
+_rdflib_filter_installed = False
+
+
+def schema_terms(query: str) -> list[str]:
+    """The schema terms a SPARQL query names: every predicate IRI (inside property paths too) and every
+    class IRI after ``a``/``rdf:type``, as full IRIs, first occurrence first.
+
+    Raises:
+        QueryParseError: when the query does not parse.
+    """
+    return [iri for _kind, iri in typed_schema_terms(query)]
+
+
+def typed_schema_terms(query: str) -> list[tuple[str, str]]:
+    """:func:`schema_terms` with each term's role: ``("class", iri)`` or ``("property", iri)``."""
+    from rdflib.paths import Path as RdfPath
     from rdflib.plugins.sparql import prepareQuery
+    from rdflib.plugins.sparql.parserutils import CompValue
+    from rdflib.term import URIRef
 
+    from ragkit.errors import QueryParseError
     from ragkit.query.guard import SPARQL_PARSE_LOCK
 
-    term_logger = logging.getLogger("rdflib.term")
-    with SPARQL_PARSE_LOCK:  # pyparsing grammars keep shared state
-        level = term_logger.level
-        term_logger.setLevel(logging.ERROR)  # rdflib warns about the escapes it leaves in local names
-        try:
+    global _rdflib_filter_installed
+    if not _rdflib_filter_installed:
+        logging.getLogger("rdflib.term").addFilter(_EscapedNameFilter())
+        _rdflib_filter_installed = True
+    try:
+        with SPARQL_PARSE_LOCK:  # pyparsing grammars keep shared state
             algebra = prepareQuery(query).algebra
-        finally:
-            term_logger.setLevel(level)
-    preds: set[str] = set()
-    classes: set[str] = set()
+    except Exception as e:  # rdflib raises pyparsing and its own errors
+        raise QueryParseError(f"SPARQL does not parse: {e}") from None
+    found: list[tuple[str, str]] = []
 
-    def path_iris(p: object) -> list[str]:
+    def path_iris(p: Any) -> None:
         if isinstance(p, URIRef):
-            return [_unescape(str(p))]
-        out: list[str] = []
-        for attr in ("args", "path"):
-            sub = getattr(p, attr, None)
-            for x in sub if isinstance(sub, list) else [sub] if sub is not None else []:
-                out.extend(path_iris(x))
-        return out
+            found.append(("property", str(p)))
+        elif isinstance(p, RdfPath):
+            for name in ("args", "arg", "path"):
+                sub = getattr(p, name, None)
+                for x in sub if isinstance(sub, (list, tuple)) else [sub] if sub is not None else []:
+                    path_iris(x)
+        elif isinstance(p, CompValue):  # a path not yet translated (inside FILTER [NOT] EXISTS)
+            for v in p.values():
+                path_iris(v)
+        elif isinstance(p, (list, tuple)):
+            for v in p:
+                path_iris(v)
 
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                if k == "triples" and isinstance(v, list):
-                    for t in v:
-                        if len(t) == 3:
-                            _, p, o = t
-                            if isinstance(p, (URIRef, Path)):
-                                preds.update(path_iris(p))
-                            if p == RDF.type and isinstance(o, URIRef):
-                                classes.add(_unescape(str(o)))
-                else:
-                    walk(v)
+    def triples(node: CompValue) -> Iterator[tuple[Any, Any, Any]]:
+        for t in node.get("triples") or []:
+            t = list(t)
+            for i in range(0, len(t) - 2, 3):  # a TriplesBlock keeps its triples flattened
+                yield t[i], t[i + 1], t[i + 2]
+
+    def visit(node: Any) -> None:
+        if isinstance(node, CompValue):
+            if node.name in ("BGP", "TriplesBlock"):
+                for _s, p, o in triples(node):
+                    if isinstance(p, URIRef) and str(p) == _RDF_TYPE:
+                        if isinstance(o, URIRef):
+                            found.append(("class", str(o)))
+                    else:
+                        path_iris(p)
+                return
+            for v in node.values():
+                visit(v)
         elif isinstance(node, (list, tuple)):
-            for x in node:
-                walk(x)
+            for v in node:
+                visit(v)
+        elif isinstance(node, dict):
+            for v in node.values():
+                visit(v)
 
-    walk(algebra)
-    return preds, classes
+    visit(algebra)
+    # rdflib keeps a prefixed name's escapes (singer:\\#name -> ...singer\\#name); an IRI has no backslash
+    return list(dict.fromkeys((kind, _PN_ESCAPE.sub(r"\1", t)) for kind, t in found))
+
+
+def named_and_unknown_terms(query: str, known: set[str]) -> tuple[list[str], list[str]]:
+    """``(named, unknown)``: the schema terms the query names (standard RDF/RDFS/OWL/XSD terms left
+    out) and those of them not in ``known`` (a schema's :meth:`~ragkit.stores.base.GraphSchema.terms`)."""
+    named = [t for t in schema_terms(query) if t in known or not t.startswith(_STANDARD_NS)]
+    return named, [t for t in named if t not in known]
 
 
 def unknown_sparql_terms(query: str, schema: Any) -> list[str]:
-    """Classes and properties the query names that the schema (a :class:`GraphSchema`) does not have.
+    """Classes and properties the query names that ``schema`` (a :class:`GraphSchema`) does not have,
+    as ``"class lib:Novel"`` / ``"property lib:writer"``.
 
     Terms of the standard vocabularies (rdf, rdfs, owl, xsd, skos) are always allowed. A query that
-    does not parse yields no terms here: :func:`parse_error` reports it.
+    does not parse yields nothing here: :func:`parse_error` reports it.
     """
-    try:
-        preds, classes = _query_terms(query)
-    except Exception:  # noqa: BLE001 - a parse failure is parse_error's to report
-        return []
-    known_props = {p.name for p in schema.properties}
-    known_classes = {c.name for c in schema.classes}
-    bad: list[str] = []
-    for iri in sorted(classes):
-        if iri not in known_classes and not iri.startswith(_BUILTIN_NAMESPACES):
-            bad.append(f"class {schema.compact(iri)}")
-    for iri in sorted(preds):
-        if iri not in known_props and not iri.startswith(_BUILTIN_NAMESPACES):
-            bad.append(f"property {schema.compact(iri)}")
-    return bad
+    from ragkit.errors import QueryParseError
 
+    try:
+        terms = typed_schema_terms(query)
+    except QueryParseError:
+        return []
+    classes = {c.name for c in schema.classes}
+    props = {p.name for p in schema.properties}
+    bad = []
+    for kind, iri in terms:
+        if iri.startswith(_STANDARD_NS) or iri in (classes if kind == "class" else props):
+            continue
+        bad.append(f"{kind} {schema.compact(iri)}")
+    return sorted(bad)

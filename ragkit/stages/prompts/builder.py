@@ -125,6 +125,10 @@ class PromptBuilder(Stage):
         rec = current_recorder()
         if rec is not None:
             rec.note("prompt_tokens", tokens)
+            # the parts, for reports of where prompt tokens go (question vs context vs instructions)
+            rec.note("prompt_instructions_tokens", self.llm.count_tokens(self.system))
+            rec.note("prompt_question_tokens", self.llm.count_tokens(question))
+            rec.note("prompt_context_tokens", self.llm.count_tokens(msgs[-1].content) - self.llm.count_tokens(f"Question: {question}"))
             rec.note("context_trimmed", offered - len(lines) - len(docs))
         ids = [f"g{i + 1}" for i in range(len(lines))] + [f"p{i + 1}" for i in range(len(docs))]
         prompt = Prompt(

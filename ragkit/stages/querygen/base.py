@@ -137,6 +137,7 @@ class QueryGenerator(Stage):
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty (ask something)")
         messages = self.messages(question, schema_text, examples or [], entities)
+        self._note_prompt(messages, schema_text)
         candidates: list[QueryCandidate] = []
         seen: set[str] = set()
         self._collect(messages, 1, graph_schema, candidates, seen, "greedy")
@@ -163,6 +164,19 @@ class QueryGenerator(Stage):
             rec.note("repairs", repairs)
         generated = GeneratedQuery(language=self.language, query=candidates[0].query, candidates=candidates)
         return QueryGenOutput(generated=generated, query=generated.query)
+
+    def _note_prompt(self, messages: list[ChatMessage], schema_text: str) -> None:
+        """Record what the prompt is made of, so reports can show the tokens spent on schema and
+        examples beside the question's (the hidden cost of a long application prompt)."""
+        rec = current_recorder()
+        if rec is None:
+            return
+        count = self.llm.count_tokens
+        rec.note("prompt_tokens", count(self.llm.render(messages)))
+        rec.note("prompt_instructions_tokens", count(self.instructions))
+        rec.note("prompt_schema_tokens", count(schema_text))
+        rec.note("prompt_examples_tokens", sum(count(m.content) for m in messages[1:-1]))
+        rec.note("prompt_question_tokens", count(messages[-1].content))
 
     @staticmethod
     def _rank(candidates: list[QueryCandidate]) -> list[QueryCandidate]:

@@ -371,7 +371,7 @@ def test_ragkit_eval_command(runs: Runs, tmp_path: Path) -> None:
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "160"}
     env.pop("RAGKIT_DEBUG", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "ragkit.cli", "eval", str(runs.pipeline), "--dataset", str(runs.dataset), "--predictions", str(preds), "--report", str(report)],
+        [sys.executable, "-m", "ragkit.cli", "eval", str(runs.pipeline), "--dataset", str(runs.dataset), "--predictions", str(preds), "--report", str(report), "--no-carbon"],
         check=False,
         cwd=tmp_path,
         env=env,

@@ -93,7 +93,7 @@ def test_costs_and_routes_go_to_the_trace() -> None:
     expected_large = large_price.cost(big.stats.tokens_in, big.stats.tokens_out, big.stats.seconds)
     assert cost["models"]["small"]["cost"] == pytest.approx(expected_small)
     assert cost["models"]["large"]["cost"] == pytest.approx(expected_large, abs=1e-6)
-    assert cost["total"] == pytest.approx(expected_small + expected_large, abs=1e-6)
+    assert cost["total"] == pytest.approx(expected_small + expected_large, abs=1e-6) and st.extra["cost_total"] == cost["total"]
     assert st.tokens_in == 3 * 4  # every underlying call is in the stage's token counts
     total = trace_cost(Trace(stages=[st, StageTrace(name="other", type="x")]))
     assert total["total"] == pytest.approx(cost["total"]) and total["models"]["large"]["calls"] == 1

@@ -87,7 +87,7 @@ def test_evaluate_textqa_writes_one_line_per_question(tmp_path: Path) -> None:
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [x["id"] for x in lines] == ["lib-t01", "lib-t02", "lib-t03", "lib-t04"]
     for x in lines:
-        assert set(x) == {"id", "answer", "abstained", "retrieved", "timings", "tokens"}
+        assert set(x) == {"id", "answer", "abstained", "retrieved", "timings", "tokens", "stages"}
         assert x["timings"]["total"] > 0 and set(x["timings"]["stages"]) == {"retrieve", "rerank", "prompt", "generate"}
         assert x["tokens"]["out"] > 0 and len(x["retrieved"]) == 3
     assert lines[0]["answer"] == "1921" and lines[0]["retrieved"][0] == "lib-p01"
