@@ -108,7 +108,11 @@ def rows_by_id(path: Path) -> dict[str, dict[str, Any]]:
     out = {}
     for line in path.read_text().splitlines():
         row = json.loads(line)
-        row.pop("timings")
+        row.pop("timings")  # wall-clock figures differ between any two runs; everything else must not
+        for rec in (row.get("stages") or {}).values():
+            for k in ("seconds", "ttft", "tpot"):
+                rec.pop(k, None)
+            rec["notes"] = {k: v for k, v in rec.get("notes", {}).items() if "seconds" not in k}
         out[row["id"]] = row
     return out
 
