@@ -194,7 +194,7 @@ def sequence_loss(model: Any, seqs: Sequence[Encoded], pad_id: int, device: str 
         for e in seqs:
             out = model(**_collate([e], pad_id, device))
             n = sum(1 for x in e.labels[1:] if x != IGNORE)  # the loss is over shifted labels
-            total += float(out.loss) * n
+            total += float(out.loss.detach()) * n
             count += n
     if was_training:
         model.train()
@@ -308,7 +308,7 @@ def train_adapter(
             batch = next(stream)
             out = model(**_collate(batch, pad_id, device))
             (out.loss / opts.grad_accum).backward()
-            step_loss += float(out.loss) / opts.grad_accum
+            step_loss += float(out.loss.detach()) / opts.grad_accum
             tokens += sum(len(e.input_ids) for e in batch)
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         optimizer.step()
