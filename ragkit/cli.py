@@ -483,7 +483,7 @@ def _print_tokenomics(reports: list[dict[str, Any]]) -> None:
 @click.option("--alpha", default=16, show_default=True, type=int, help="LoRA alpha (scale = alpha / rank).")
 @click.option("--batch-size", default=4, show_default=True, type=int, help="Sequences per forward pass.")
 @click.option("--grad-accum", default=2, show_default=True, type=int, help="Forward passes per optimizer step.")
-@click.option("--max-length", default=768, show_default=True, type=int, help="Longest sequence in tokens (examples, then schema, are cut to fit).")
+@click.option("--max-length", default=1024, show_default=True, type=int, help="Longest sequence in tokens (examples, then schema, are cut to fit).")
 @click.option("--examples", default=2, show_default=True, type=click.IntRange(min=0), help="Retrieved few-shot examples in each training prompt.")
 @click.option("--schema-tokens", default=900, show_default=True, type=int, help="Schema budget, as the pipeline's graph_schema_reader max_tokens.")
 @click.option("--schemas", type=click.Path(path_type=Path), help="Cypher: a train_schemas.jsonl (default: the one next to --train).")

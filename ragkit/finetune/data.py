@@ -424,15 +424,17 @@ def build_sequences(
 ) -> tuple[list[Encoded], BuildStats]:
     """Encode ``pairs`` with up to ``examples`` retrieved from ``pool``, each at most ``max_length`` tokens.
 
-    A sequence that is too long first loses its farthest examples, then gets a schema pruned to half
-    the budget; one that still does not fit is left out (counted in the stats).
+    A sequence that is too long first loses its farthest examples, then gets a schema pruned to half,
+    then a quarter of the budget (as the reader prunes it: the properties least related to the
+    question go first); one that still does not fit is left out (counted in the stats).
     """
     stats = BuildStats(pairs=len(pairs))
     out = []
     for pair in pairs:
         exs = nearest_examples(pair, pool, examples)
         target = target_query(pair.query)
-        budgets = [builder.schema_tokens, (builder.schema_tokens or 1200) // 2]
+        full = builder.schema_tokens or 1200
+        budgets = [builder.schema_tokens, full // 2, full // 4]
         enc = None
         for b_i, budget in enumerate(budgets):
             for k in range(len(exs), -1, -1):

@@ -69,7 +69,7 @@ class FinetuneOptions:
     target_modules: str = "all-linear"
     batch_size: int = 4
     grad_accum: int = 2
-    max_length: int = 768
+    max_length: int = 1024
     examples: int = 2
     schema_tokens: int | None = 900
     limit: int | None = None
