@@ -1,4 +1,4 @@
-"""The ``ragkit`` command: run, validate, list, evaluate and serve pipelines.
+"""The ``ragkit`` command: run, validate, list, evaluate and serve pipelines; fine-tune adapters.
 
 User mistakes (a bad pipeline file, a missing input, a missing package) print one clear message per
 problem and exit with code 2, without a traceback; ``--debug`` (or ``RAGKIT_DEBUG=1``) shows it.
@@ -473,6 +473,76 @@ def _print_tokenomics(reports: list[dict[str, Any]]) -> None:
             ", ".join(f"{x:.0%}" for x in shares) or "-",
         )
     Console(soft_wrap=False, width=200).print(t)
+
+
+@cli.command("finetune")
+@click.option("--train", "train_files", multiple=True, type=click.Path(path_type=Path), help="A JSONL of question/query pairs over other graphs (repeatable).")
+@click.option("--bank", type=click.Path(path_type=Path), help="A graph's own example bank (KGQA layout with ids); with --folds, one adapter per fold.")
+@click.option("--folds", type=int, help="Train one adapter per fold of --bank, each without that fold's items nor their equivalents.")
+@click.option("--language", required=True, type=str, help="sparql or cypher.")
+@click.option("--model", help="Base model: a Hugging Face folder or .gguf file (default: the bundled SmolLM2-135M-Instruct).")
+@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Adapter folder to write (a rerun resumes its checkpoint).")
+@click.option("--epochs", default=1.0, show_default=True, type=float, help="Passes over the data (when --max-steps is not given).")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Optimizer steps to run (overrides --epochs).")
+@click.option("--lr", default=2e-4, show_default=True, type=float, help="Peak learning rate.")
+@click.option("--rank", default=8, show_default=True, type=int, help="LoRA rank.")
+@click.option("--alpha", default=16, show_default=True, type=int, help="LoRA alpha (scale = alpha / rank).")
+@click.option("--batch-size", default=4, show_default=True, type=int, help="Sequences per forward pass.")
+@click.option("--grad-accum", default=2, show_default=True, type=int, help="Forward passes per optimizer step.")
+@click.option("--max-length", default=1024, show_default=True, type=int, help="Longest sequence in tokens (examples, then schema, are cut to fit).")
+@click.option("--examples", default=2, show_default=True, type=click.IntRange(min=0), help="Retrieved few-shot examples in each training prompt.")
+@click.option("--schema-tokens", default=900, show_default=True, type=int, help="Schema budget, as the pipeline's graph_schema_reader max_tokens.")
+@click.option("--schemas", type=click.Path(path_type=Path), help="Cypher: a train_schemas.jsonl (default: the one next to --train).")
+@click.option("--graph", type=click.Path(path_type=Path), help="Read schemas from this graph file (or folder of <graph>.nt/.ttl/.cypher).")
+@click.option("--limit", type=click.IntRange(min=1), help="Train on a random subsample of N pairs of --train.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for subsampling, folds, order and initialisation.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch (default: $RAGKIT_NUM_THREADS or torch's).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--save-every", default=50, show_default=True, type=int, help="Checkpoint every N steps.")
+@click.option("--resume/--no-resume", default=True, help="Continue from OUTPUT/checkpoint when it is of the same run.")
+@_guard
+def finetune_cmd(train_files: tuple[Path, ...], bank: Path | None, folds: int | None, output: Path, **kw: Any) -> None:
+    """Fine-tune a LoRA adapter for text-to-SPARQL or text-to-Cypher on the prompts the pipeline uses.
+
+    The adapter folder (peft files + ragkit_adapter.json) is what a pipeline names with
+    `local_llm: {adapter: FOLDER}`. See docs/finetuning.md.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from ragkit.finetune.trainer import FinetuneOptions, finetune
+
+    for f in [*train_files, *([bank] if bank else [])]:
+        if not f.is_file():
+            raise UserError(f"training file {f} does not exist")
+    opts = FinetuneOptions(output=str(output), **kw)
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]{task.description}[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bar:
+
+        def progress(name: str) -> Callable[[int, int, float | None], None]:
+            task = bar.add_task(name, total=None, loss="-")
+
+            def update(step: int, total: int, loss: float | None) -> None:
+                bar.update(task, completed=step, total=total, loss="-" if loss is None else f"{loss:.4f}")
+
+            return update
+
+        metas = finetune([str(f) for f in train_files], opts, bank=str(bank) if bank else None, folds=folds, progress=progress, log=lambda m: console.print(m))
+    for m in metas:
+        tp = m["throughput"]
+        where = output / f"fold-{m['fold']}" if "fold" in m else output
+        click.echo(
+            f"{where}: {m['steps']} steps, loss {m['loss_before']:.4f} -> {m['loss_after']:.4f} on {len(m['probe_ids'])} training sequences; "
+            f"{tp['tokens_per_second']} tokens/s, {tp['seconds_per_step']} s/step, peak RSS {tp['peak_rss_mb']} MB"
+        )
 
 
 @cli.command("plan")

@@ -27,7 +27,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,8 @@ class GraphJob:
     skip_answer: bool = False
     cwd: str = ""
     """The working directory relative paths in the pipeline refer to."""
+    adapters: dict[str, str] = field(default_factory=dict)
+    """Per-resource LoRA adapter folders for these items (k-fold fine-tuned models)."""
 
 
 def run_job(job: GraphJob) -> list[dict[str, Any]]:
@@ -75,7 +77,7 @@ def _iter_job(job: GraphJob) -> Iterator[dict[str, Any]]:
         # A response cache would let one item's answer serve another's and hide the items' latency:
         # evaluation measures the pipeline itself.
         spec = {k: v for k, v in job.spec.items() if k != "cache"}
-        pipe = kgqa._pipeline_for_graph(spec, Path(job.graph_file), bank_file, job.source)
+        pipe = kgqa._pipeline_for_graph(spec, Path(job.graph_file), bank_file, job.source, job.adapters)
         kept = [o for o in ("query", "rows", "confidence", "error") if o in pipe.outputs]
         runner = pipe.upstream(*kept) if job.skip_answer else pipe
         banks = [r for r in pipe.resources.values() if type(r).type_name == "example_bank"]

