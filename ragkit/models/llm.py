@@ -408,6 +408,15 @@ class LocalLLM(LLM):
             self._draft.generation_config.num_assistant_tokens = self.draft_tokens
             self._draft.generation_config.num_assistant_tokens_schedule = "heuristic_transient"
             self._same_vocab = self._draft_tok.get_vocab() == self._tok.get_vocab()
+            sizes = (self._model.config.get_text_config().vocab_size, draft.config.get_text_config().vocab_size)
+            if not self._same_vocab and sizes[0] == sizes[1]:
+                # transformers tells the two apart by vocabulary size only, and would take the draft's
+                # token ids as the target's.
+                raise ModelError(
+                    f"draft model {self.draft_model!r} has a vocabulary of the same size as {self.model_name or BUNDLED_LLM!r} "
+                    "but other tokens, which transformers cannot translate; choose a draft that shares the tokenizer, "
+                    "or one whose vocabulary size differs"
+                )
 
     def teardown(self) -> None:
         # The weights stay in the process cache for other users of the same configuration.
@@ -494,7 +503,7 @@ class LocalLLM(LLM):
 
         self.warm_up()
         text = prompt if isinstance(prompt, str) else self.render(prompt)
-        enc = self._tok(text, return_tensors="pt", add_special_tokens=False).to(self._model.device)
+        enc = self._tok(text, return_tensors="pt", add_special_tokens=False, return_token_type_ids=False).to(self._model.device)
         n_in = int(enc["input_ids"].shape[1])
         if n_in + max_new_tokens > self.context_window:
             max_new_tokens = max(1, self.context_window - n_in)
@@ -522,7 +531,9 @@ class LocalLLM(LLM):
         if num_return_sequences == 1:
             streamer = _TimingStreamer(self._tok, start, forward=stream and is_streaming(), stop=stop if speculation else ())
             kwargs["streamer"] = streamer
-            if self.prefix_cache:
+            # transformers' assisted decoding feeds the whole prompt on its first step even when a
+            # cache holds part of it, so a speculative call starts without one (it still stores its own).
+            if self.prefix_cache and speculation is None:
                 reused, cache = self._prefix_lookup(enc["input_ids"][0].tolist())
                 if cache is not None:
                     kwargs["past_key_values"] = cache
