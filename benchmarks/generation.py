@@ -19,7 +19,7 @@ Sections (each compares runs interleaved prompt by prompt, A B A B..., and repor
 
 Usage::
 
-    python benchmarks/generation.py --threads 1            # about 20 minutes on 2 shared cores
+    python benchmarks/generation.py --threads 1            # 73 minutes on 2 cores shared with other jobs
     python benchmarks/generation.py --questions 5 --sections overhead
 
 Writes ``benchmarks/results/generation.json``.
