@@ -132,7 +132,7 @@ def parse_error(query: str) -> str | None:
 def _strip_literals(query: str) -> str:
     query = re.sub(r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'', '""', query)
     query = re.sub(r"<[^<>\s]*>", "<>", query)
-    return re.sub(r"#[^\n]*", "", query)
+    return re.sub(r"(?<!\\)#[^\n]*", "", query)  # a comment, not the escaped "\#" of a local name
 
 
 def unbound_variables(query: str) -> list[str]:

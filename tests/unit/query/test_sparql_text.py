@@ -150,6 +150,9 @@ def test_parse_error() -> None:
         ("SELECT ?x WHERE { ?s ?p ?o FILTER(?o = <http://a?x>) }", ["x"]),
         ("SELECT ?x WHERE { ?s ?p ?o } # ?x", ["x"]),
         ("SELECT ?x WHERE { ?s ?p ?o # ?x\n }", ["x"]),
+        # an escaped '#' in a local name is not a comment: what follows it still binds
+        ("SELECT ?a ?w WHERE { ?t a :pets . ?t :pets\\#age ?a . ?t :pets\\#weight ?w }", []),
+        ("SELECT ?a ?w WHERE { ?t :pets\\#age ?a } # ?w", ["w"]),
         # sub-selects bind for the outer query
         ("SELECT ?s WHERE { { SELECT ?s WHERE { ?s ?p ?o } } }", []),
         # not a SELECT
