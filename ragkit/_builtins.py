@@ -12,6 +12,8 @@ _MODULES = [
     "ragkit.models.llm",
     "ragkit.models.remote",
     "ragkit.models.embedder",
+    "ragkit.models.router",
+    "ragkit.models.langchain",
     "ragkit.stores.rdf",
     "ragkit.stores.rdflib_store",
     "ragkit.stores.sparql_http",
@@ -23,11 +25,13 @@ _MODULES = [
     "ragkit.stages.retrievers.examples",
     "ragkit.stages.retrievers.graph",
     "ragkit.stages.retrievers.text",
+    "ragkit.stages.retrievers.langchain",
     "ragkit.stages.rerankers.confidence",
     "ragkit.stages.querygen.sparql",
     "ragkit.stages.querygen.cypher",
     "ragkit.stages.prompts.builder",
     "ragkit.stages.generators.local",
+    "ragkit.stages.cache.semantic",
 ]
 
 for _m in _MODULES:

@@ -1,4 +1,4 @@
-"""The ``ragkit`` command: run, validate, list, evaluate and serve pipelines.
+"""The ``ragkit`` command: run, validate, list, evaluate and serve pipelines; fine-tune adapters.
 
 User mistakes (a bad pipeline file, a missing input, a missing package) print one clear message per
 problem and exit with code 2, without a traceback; ``--debug`` (or ``RAGKIT_DEBUG=1``) shows it.
@@ -291,6 +291,10 @@ def stages(show_resources: bool, as_json: bool) -> None:
 @click.option("--country", envvar="RAGKIT_COUNTRY", help="Grid country, ISO 3166 alpha-3 (e.g. FRA). Default: world average.")
 @click.option("--region", envvar="RAGKIT_REGION", help="Grid region within USA/CAN/CHN/Nordics (e.g. california).")
 @click.option("--grid-intensity", type=click.FloatRange(min=0), help="Force the grid intensity, gCO2e per kWh.")
+@click.option(
+    "--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+    help="KGQA: where items run: this process, or a Ray cluster ($RAY_ADDRESS, else a local one); same results.",
+)
 @_guard
 def eval_cmd(
     pipeline_files: tuple[Path, ...],
@@ -308,6 +312,7 @@ def eval_cmd(
     country: str | None,
     region: str | None,
     grid_intensity: float | None,
+    engine: str = "local",
 ) -> None:
     """Evaluate one or more pipeline files on a dataset and print their figures side by side.
 
@@ -326,8 +331,8 @@ def eval_cmd(
     kind = dataset_kind(dataset)
     if len(pipeline_files) > 1 and predictions is not None and predictions.suffix == ".jsonl":
         raise UserError("with several pipelines, --predictions must be a folder")
-    if kind == "textqa" and (per_graph or graphs or skip_answer):
-        raise UserError(f"{dataset} is a text QA folder: --per-graph, --graphs and --skip-answer apply to KGQA folders only")
+    if kind == "textqa" and (per_graph or graphs or skip_answer or engine != "local"):
+        raise UserError(f"{dataset} is a text QA folder: --per-graph, --graphs, --skip-answer and --engine apply to KGQA folders only")
     for pf in pipeline_files:
         if not pf.is_file():
             raise UserError(f"pipeline file {pf} does not exist")
@@ -342,6 +347,7 @@ def eval_cmd(
         country_iso_code=country,
         region=region,
         grid_g_per_kwh=grid_intensity,
+        engine=engine,
     )
     reports = []
     console = Console(stderr=True)
@@ -467,6 +473,76 @@ def _print_tokenomics(reports: list[dict[str, Any]]) -> None:
             ", ".join(f"{x:.0%}" for x in shares) or "-",
         )
     Console(soft_wrap=False, width=200).print(t)
+
+
+@cli.command("finetune")
+@click.option("--train", "train_files", multiple=True, type=click.Path(path_type=Path), help="A JSONL of question/query pairs over other graphs (repeatable).")
+@click.option("--bank", type=click.Path(path_type=Path), help="A graph's own example bank (KGQA layout with ids); with --folds, one adapter per fold.")
+@click.option("--folds", type=int, help="Train one adapter per fold of --bank, each without that fold's items nor their equivalents.")
+@click.option("--language", required=True, type=str, help="sparql or cypher.")
+@click.option("--model", help="Base model: a Hugging Face folder or .gguf file (default: the bundled SmolLM2-135M-Instruct).")
+@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Adapter folder to write (a rerun resumes its checkpoint).")
+@click.option("--epochs", default=1.0, show_default=True, type=float, help="Passes over the data (when --max-steps is not given).")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Optimizer steps to run (overrides --epochs).")
+@click.option("--lr", default=2e-4, show_default=True, type=float, help="Peak learning rate.")
+@click.option("--rank", default=8, show_default=True, type=int, help="LoRA rank.")
+@click.option("--alpha", default=16, show_default=True, type=int, help="LoRA alpha (scale = alpha / rank).")
+@click.option("--batch-size", default=4, show_default=True, type=int, help="Sequences per forward pass.")
+@click.option("--grad-accum", default=2, show_default=True, type=int, help="Forward passes per optimizer step.")
+@click.option("--max-length", default=1024, show_default=True, type=int, help="Longest sequence in tokens (examples, then schema, are cut to fit).")
+@click.option("--examples", default=2, show_default=True, type=click.IntRange(min=0), help="Retrieved few-shot examples in each training prompt.")
+@click.option("--schema-tokens", default=900, show_default=True, type=int, help="Schema budget, as the pipeline's graph_schema_reader max_tokens.")
+@click.option("--schemas", type=click.Path(path_type=Path), help="Cypher: a train_schemas.jsonl (default: the one next to --train).")
+@click.option("--graph", type=click.Path(path_type=Path), help="Read schemas from this graph file (or folder of <graph>.nt/.ttl/.cypher).")
+@click.option("--limit", type=click.IntRange(min=1), help="Train on a random subsample of N pairs of --train.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for subsampling, folds, order and initialisation.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch (default: $RAGKIT_NUM_THREADS or torch's).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--save-every", default=50, show_default=True, type=int, help="Checkpoint every N steps.")
+@click.option("--resume/--no-resume", default=True, help="Continue from OUTPUT/checkpoint when it is of the same run.")
+@_guard
+def finetune_cmd(train_files: tuple[Path, ...], bank: Path | None, folds: int | None, output: Path, **kw: Any) -> None:
+    """Fine-tune a LoRA adapter for text-to-SPARQL or text-to-Cypher on the prompts the pipeline uses.
+
+    The adapter folder (peft files + ragkit_adapter.json) is what a pipeline names with
+    `local_llm: {adapter: FOLDER}`. See docs/finetuning.md.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from ragkit.finetune.trainer import FinetuneOptions, finetune
+
+    for f in [*train_files, *([bank] if bank else [])]:
+        if not f.is_file():
+            raise UserError(f"training file {f} does not exist")
+    opts = FinetuneOptions(output=str(output), **kw)
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]{task.description}[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bar:
+
+        def progress(name: str) -> Callable[[int, int, float | None], None]:
+            task = bar.add_task(name, total=None, loss="-")
+
+            def update(step: int, total: int, loss: float | None) -> None:
+                bar.update(task, completed=step, total=total, loss="-" if loss is None else f"{loss:.4f}")
+
+            return update
+
+        metas = finetune([str(f) for f in train_files], opts, bank=str(bank) if bank else None, folds=folds, progress=progress, log=lambda m: console.print(m))
+    for m in metas:
+        tp = m["throughput"]
+        where = output / f"fold-{m['fold']}" if "fold" in m else output
+        click.echo(
+            f"{where}: {m['steps']} steps, loss {m['loss_before']:.4f} -> {m['loss_after']:.4f} on {len(m['probe_ids'])} training sequences; "
+            f"{tp['tokens_per_second']} tokens/s, {tp['seconds_per_step']} s/step, peak RSS {tp['peak_rss_mb']} MB"
+        )
 
 
 @cli.command("plan")
@@ -597,6 +673,51 @@ def serve(
         uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
     finally:
         state.close()
+
+
+@cli.group("cache")
+def cache_cmd() -> None:
+    """Inspect or empty the cache a pipeline file declares (its cache: block)."""
+
+
+def _pipeline_cache(pipeline_file: Path) -> tuple[Any, Any, str]:
+    from ragkit.core.cache import pipeline_namespace
+    from ragkit.core.pipeline import Pipeline
+
+    pipe = Pipeline.from_yaml(pipeline_file)
+    if pipe.cache is None:
+        raise UserError(f"{pipeline_file} has no cache: block (add one naming a semantic_cache resource; see docs/finops.md)")
+    return pipe, pipe.resources[pipe.cache.resource], pipeline_namespace(pipe)
+
+
+@cache_cmd.command("stats")
+@click.argument("pipeline_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--all", "all_namespaces", is_flag=True, help="Count every pipeline sharing the cache file, not only this one.")
+@_guard
+def cache_stats(pipeline_file: Path, all_namespaces: bool) -> None:
+    """Print the cache's counters (hits, misses, refusals, invalidations, stores, entries) as JSON."""
+    pipe, cache, ns = _pipeline_cache(pipeline_file)
+    try:
+        stats = cache.stats(None if all_namespaces else ns)
+        lookups = stats["hits"] + stats["misses"] + stats["refusals"]
+        stats["hit_rate"] = round(stats["hits"] / lookups, 4) if lookups else 0.0
+        click.echo(json.dumps({"pipeline": str(pipeline_file), "namespace": None if all_namespaces else ns, **stats}, indent=2))
+    finally:
+        pipe.close()
+
+
+@cache_cmd.command("clear")
+@click.argument("pipeline_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--all", "all_namespaces", is_flag=True, help="Empty the whole cache file, not only this pipeline's entries.")
+@_guard
+def cache_clear(pipeline_file: Path, all_namespaces: bool) -> None:
+    """Drop the cached entries (and counters) of PIPELINE_FILE."""
+    pipe, cache, ns = _pipeline_cache(pipeline_file)
+    try:
+        n = cache.clear(None if all_namespaces else ns)
+        click.echo(f"removed {n} entr{'y' if n == 1 else 'ies'}")
+    finally:
+        pipe.close()
 
 
 def main(argv: list[str] | None = None) -> None:

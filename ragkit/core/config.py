@@ -26,6 +26,8 @@ The format::
       question: [querygen.question, prompt.question]
     outputs:
       answer: generate.text
+    cache:                          # optional, see ragkit.core.cache
+      resource: qa_cache
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class _Spec(BaseModel):
     connections: list[str] = []
     inputs: dict[str, list[str] | str] = {}
     outputs: dict[str, str] = {}
+    cache: Optional[dict[str, Any]] = None
 
 
 class _Doc:
@@ -389,10 +392,27 @@ def _build(data: Any, doc: _Doc) -> Pipeline:
             pipe.add_output(oname, src)
         except ConfigError as e:
             doc.add(("outputs", oname), e.issues[0].message)
+    if spec.cache is not None:
+        _build_cache(pipe, spec.cache, doc)
     if doc.issues:
         raise ConfigError(doc.issues)
     pipe.validate()
     return pipe
+
+
+def _build_cache(pipe: Pipeline, data: dict[str, Any], doc: _Doc) -> None:
+    from ragkit.core.cache import CacheSpec, check_spec
+
+    try:
+        cspec = CacheSpec.model_validate(data)
+    except ValidationError as e:
+        _report_validation(e, ("cache",), doc, "cache: ", list(CacheSpec.model_fields), data)
+        return
+    problems = check_spec(pipe, cspec)
+    for fieldname, message in problems:
+        doc.add(("cache", fieldname), message)
+    if not problems:
+        pipe.cache = cspec
 
 
 def _resource_params(cls: type[Component]) -> dict[str, type[Resource]]:

@@ -42,6 +42,17 @@ class GenerationStats:
     """Gaps between consecutive output tokens."""
     cached_tokens: int = 0
     """Prompt tokens whose key/value cache was reused instead of recomputed."""
+    speculation: str | None = None
+    """The speculative decoding used (``prompt_lookup``, ``draft_model``), None when none was."""
+    draft_tokens: int = 0
+    """Tokens drafted for the model to check (speculative decoding only)."""
+    accepted_tokens: int = 0
+    """Drafted tokens the model accepted: each saved one sequential forward pass."""
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Accepted / drafted tokens; None when nothing was drafted."""
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else None
 
     @property
     def tpot(self) -> float | None:
@@ -65,6 +76,10 @@ class StageTrace:
     model_calls: int = 0
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    draft_tokens: int = 0
+    """Tokens drafted by speculative decoding in this stage's model calls."""
+    accepted_tokens: int = 0
+    """Of those, the ones the model accepted."""
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -72,9 +87,15 @@ class StageTrace:
             return None
         return self.tokens_out / self.seconds
 
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Accepted / drafted tokens of speculative decoding; None when nothing was drafted."""
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else None
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["tokens_per_second"] = self.tokens_per_second
+        d["acceptance_rate"] = self.acceptance_rate
         return d
 
 
@@ -125,6 +146,8 @@ class StageRecorder:
         t.tokens_in += stats.tokens_in
         t.tokens_out += stats.tokens_out
         t.model_calls += 1
+        t.draft_tokens += stats.draft_tokens
+        t.accepted_tokens += stats.accepted_tokens
         if stats.ttft is not None:
             self._ttfts.append(stats.ttft)
             t.ttft = self._ttfts[0] if len(self._ttfts) == 1 else statistics.median(self._ttfts)

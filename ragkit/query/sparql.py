@@ -10,7 +10,7 @@ from typing import Any
 
 from ragkit.query.text import reply_body
 
-__all__ = ["extract_query", "add_missing_prefixes", "parse_error", "unbound_variables", "schema_terms", "typed_schema_terms", "named_and_unknown_terms", "unknown_sparql_terms"]
+__all__ = ["extract_query", "add_missing_prefixes", "complete_triples", "parse_error", "unbound_variables", "schema_terms", "typed_schema_terms", "named_and_unknown_terms", "unknown_sparql_terms"]
 
 _START = re.compile(r"(?is)\b(PREFIX|BASE|SELECT|ASK|CONSTRUCT|DESCRIBE)\b")
 _FENCE = re.compile(r"```(?:sparql|SPARQL|cypher|sql)?\s*\n?(.*?)(?:```|$)", re.S)
@@ -75,6 +75,36 @@ def add_missing_prefixes(query: str, prefixes: dict[str, str]) -> str:
     return "\n".join(f"PREFIX {p}: <{prefixes[p]}>" for p in missing) + "\n" + query
 
 
+_NAME = r"(?:[A-Za-z][\w-]*)?:(?:[\w-]|\\[_~.\-!$&'()*+,;=/?#@%])+|<[^<>\s]+>"
+# "?s pred ." / "?s pred }" / "?s pred ;": a triple pattern the model left without its object
+_NO_OBJECT = re.compile(rf"(\?\w+)(\s+)({_NAME})(?=\s*[.;}}])")
+_DANGLING = re.compile(r"(?i)\s*\b(?:GROUP|ORDER)\s+BY\s*(?=$|\b(?:LIMIT|OFFSET|HAVING|ORDER|GROUP)\b)")
+
+
+def complete_triples(query: str) -> str:
+    """Fix two small-model slips that are unambiguous to repair:
+
+    * a triple pattern without its object (``?b lib:author .``) gets a variable object, one the
+      SELECT clause projects if its name ends with the property's local name, else
+      ``?<subject>_<local name>``;
+    * a GROUP BY or ORDER BY with nothing after it is dropped.
+    """
+    head = re.search(r"(?is)\bSELECT\b(.*?)(?:\bWHERE\b|\{)", query)
+    projected = re.findall(r"\?(\w+)", head.group(1)) if head else []
+
+    def fill(m: re.Match[str]) -> str:
+        subj, gap, pred = m.group(1), m.group(2), m.group(3)
+        local = re.sub(r"\\(.)", r"\1", pred.strip("<>")).rstrip("/#")
+        local = re.split(r"[#/:]", local)[-1]
+        local = re.sub(r"\W", "_", local) or "value"
+        var = next((v for v in projected if v == local or v.endswith("_" + local)), f"{subj[1:]}_{local}")
+        return f"{subj}{gap}{pred} ?{var}"
+
+    # only inside the braces, and never inside strings or IRIs in FILTERs (the pattern needs a variable subject)
+    out = _NO_OBJECT.sub(fill, query) if "{" in query else query
+    return _DANGLING.sub(" ", out).rstrip() if _DANGLING.search(out) else out
+
+
 _empty_store: Any = None
 _empty_lock = threading.Lock()
 
@@ -102,7 +132,7 @@ def parse_error(query: str) -> str | None:
 def _strip_literals(query: str) -> str:
     query = re.sub(r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'', '""', query)
     query = re.sub(r"<[^<>\s]*>", "<>", query)
-    return re.sub(r"#[^\n]*", "", query)
+    return re.sub(r"(?<!\\)#[^\n]*", "", query)  # a comment, not the escaped "\#" of a local name
 
 
 def unbound_variables(query: str) -> list[str]:

@@ -356,10 +356,11 @@ class VectorIndex(Resource):
             self.save()
 
     # ---- changing ---------------------------------------------------------------------------
-    def add(self, docs: Iterable[Document | Chunk], *, save: bool = True) -> int:
+    def add(self, docs: Iterable[Document | Chunk], *, save: bool = True, engine: Literal["local", "ray"] = "local") -> int:
         """Chunk, embed and add documents (or ready chunks); an existing id is replaced. Returns chunks added.
 
-        With ``save`` (and a folder) the new state is written atomically before returning.
+        With ``save`` (and a folder) the new state is written atomically before returning. With
+        ``engine="ray"`` the chunks are embedded by Ray tasks (:mod:`ragkit.ingest.distributed`).
         """
         self.warm_up()
         chunker = self._chunker()
@@ -368,7 +369,13 @@ class VectorIndex(Resource):
             chunks.extend([d] if isinstance(d, Chunk) else chunker.chunk(d))
         if not chunks:
             return 0
-        vecs = embed_texts(self.embedder, [embedding_text(c.title, c.text) for c in chunks], batch_size=self.batch_size, progress=self.progress)
+        texts = [embedding_text(c.title, c.text) for c in chunks]
+        if engine == "ray":
+            from ragkit.ingest.distributed import embed_texts_ray
+
+            vecs = embed_texts_ray(self.embedder, texts, batch_size=self.batch_size)
+        else:
+            vecs = embed_texts(self.embedder, texts, batch_size=self.batch_size, progress=self.progress)
         with self._lock:
             replaced = {c.doc_id for c in chunks} | {c.id for c in chunks}
             self._remove(replaced)

@@ -10,8 +10,17 @@ Steps for each question:
 3. add the graph result, when there is one, as one more item whose probability is the graph
    retriever's confidence (all its rows go in together: a list answer must not lose rows);
 4. select ``top_k`` items by coverage-aware greedy utility (:mod:`.selection`);
-5. the context's confidence is the best item's probability, lowered when the chosen items leave
-   parts of the question uncovered; below ``abstain_threshold`` the output says so.
+5. the context's confidence (``confidence_method``):
+
+   * ``part_support`` (default): each part of the question (its entities and content words, see
+     :mod:`.selection`) is supported by the most probable chosen item that covers it (the graph
+     result covers every part: its query was written for the whole question); the confidence
+     is the weighted mean of that support over the parts. A context that names the question's
+     entity only in passages unlikely to be relevant (the unanswerable question about a known
+     entity) scores low, though every part is covered;
+   * ``best_item``: the best item's probability, lowered by ``coverage_penalty`` for uncovered parts;
+
+   below ``abstain_threshold`` the output abstains and says why.
 
 Example:
     >>> from ragkit.stages.rerankers.confidence import ConfidenceReranker
@@ -58,6 +67,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ConfidenceReranker", "RankedContext", "ContextItem", "fit_calibration"]
 Backend = Literal["bi_encoder", "query_likelihood", "cross_encoder"]
+ConfidenceMethod = Literal["part_support", "best_item"]
 
 
 class ContextItem(BaseModel):
@@ -106,7 +116,9 @@ class ConfidenceReranker(Stage):
             ``p = (1 - w) * p_backend + w / (1 + rank / 5)``; 0 trusts the backend alone.
         coverage_weight, redundancy_weight, bridge_weight: the selection utility's weights.
         abstain_threshold: below this confidence the output abstains.
-        coverage_penalty: how much uncovered question parts lower the confidence (0: not at all).
+        confidence_method: ``part_support`` (each question part's best supporting probability,
+            averaged) or ``best_item`` (the best probability, lowered for uncovered parts).
+        coverage_penalty: how much uncovered question parts lower a ``best_item`` confidence (0: not at all).
         batch_size: passages per scoring call.
 
     Example:
@@ -131,6 +143,7 @@ class ConfidenceReranker(Stage):
         redundancy_weight: float = 0.2,
         bridge_weight: float = 0.1,
         abstain_threshold: float = 0.3,
+        confidence_method: ConfidenceMethod = "part_support",
         coverage_penalty: float = 0.5,
         batch_size: int = 16,
     ) -> None:
@@ -145,6 +158,8 @@ class ConfidenceReranker(Stage):
             raise ValueError("top_k and candidates must be at least 1")
         if not 0.0 <= abstain_threshold <= 1.0:
             raise ValueError("abstain_threshold must be between 0 and 1")
+        if confidence_method not in ("part_support", "best_item"):
+            raise ValueError(f"confidence_method must be part_support or best_item, not {confidence_method!r}")
         if not 0.0 <= retrieval_weight <= 1.0 or not 0.0 <= coverage_penalty <= 1.0:
             raise ValueError("retrieval_weight and coverage_penalty must be between 0 and 1")
         self.backend = backend
@@ -155,6 +170,7 @@ class ConfidenceReranker(Stage):
         self.coverage_weight, self.redundancy_weight, self.bridge_weight = coverage_weight, redundancy_weight, bridge_weight
         self.abstain_threshold = abstain_threshold
         self.coverage_penalty = coverage_penalty
+        self.confidence_method = confidence_method
         self.batch_size = batch_size
         self._scorer: RelevanceScorer | None = None
         self._calibrator: Calibrator | None = None
@@ -233,18 +249,27 @@ class ConfidenceReranker(Stage):
         )
         best = max((c.p for c in chosen), default=0.0)
         parts = question_parts(question)
-        covered: set[str] = set()
+        support = dict.fromkeys(parts, 0.0)  # each part's best probability among the chosen items covering it
         for c in chosen:
-            covered |= coverage(parts, c._terms)
-        share = sum(parts[p] for p in covered) / sum(parts.values()) if parts else 1.0
-        confidence = best * (1 - self.coverage_penalty * (1 - share))
+            # The graph query was written for the whole question: its rows answer every part, though
+            # they rarely repeat the question's words.
+            for part in parts if c.kind == "graph" else coverage(parts, c._terms):
+                support[part] = max(support[part], c.p)
+        total = sum(parts.values())
+        share = sum(parts[p] for p, v in support.items() if v > 0) / total if parts else 1.0
+        if self.confidence_method == "part_support":
+            confidence = sum(parts[p] * v for p, v in support.items()) / total if parts else best
+        else:
+            confidence = best * (1 - self.coverage_penalty * (1 - share))
         abstained = confidence < self.abstain_threshold
+        weakest = min(support, key=lambda p: support[p], default=None)
+        detail = f"best item {best:.2f}, question coverage {share:.0%}" + (f", weakest part {weakest!r} {support[weakest]:.2f}" if weakest else "")
         if not cands:
             reason = "no context was retrieved"
         elif abstained:
-            reason = f"confidence {confidence:.2f} is below the threshold {self.abstain_threshold:.2f} (best item {best:.2f}, question coverage {share:.0%})"
+            reason = f"confidence {confidence:.2f} is below the threshold {self.abstain_threshold:.2f} ({detail})"
         else:
-            reason = f"confidence {confidence:.2f} (best item {best:.2f}, question coverage {share:.0%})"
+            reason = f"confidence {confidence:.2f} ({detail})"
         items = [
             ContextItem(
                 kind="graph" if c.kind == "graph" else "passage",

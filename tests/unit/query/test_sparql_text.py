@@ -150,6 +150,9 @@ def test_parse_error() -> None:
         ("SELECT ?x WHERE { ?s ?p ?o FILTER(?o = <http://a?x>) }", ["x"]),
         ("SELECT ?x WHERE { ?s ?p ?o } # ?x", ["x"]),
         ("SELECT ?x WHERE { ?s ?p ?o # ?x\n }", ["x"]),
+        # an escaped '#' in a local name is not a comment: what follows it still binds
+        ("SELECT ?a ?w WHERE { ?t a :pets . ?t :pets\\#age ?a . ?t :pets\\#weight ?w }", []),
+        ("SELECT ?a ?w WHERE { ?t :pets\\#age ?a } # ?w", ["w"]),
         # sub-selects bind for the outer query
         ("SELECT ?s WHERE { { SELECT ?s WHERE { ?s ?p ?o } } }", []),
         # not a SELECT
@@ -191,3 +194,28 @@ P = f"PREFIX : <{NS}>\nPREFIX rdfs: <http://www.w3.org/2000/01/rdf-schema#>\n"
 )
 def test_unknown_sparql_terms(body: str, bad: list[str]) -> None:
     assert unknown_sparql_terms(P + body, SCHEMA) == bad
+
+
+# ---- complete_triples ----------------------------------------------------------------------------
+from ragkit.query.sparql import complete_triples  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("body", "fixed"),
+    [
+        # the object the SELECT projects, when its name ends with the property's local name
+        ("SELECT ?t1_age WHERE { ?t1 a :singer . ?t1 :singer\\#age . }", "SELECT ?t1_age WHERE { ?t1 a :singer . ?t1 :singer\\#age ?t1_age . }"),
+        # otherwise ?<subject>_<local name>, also before ';' and '}'
+        ("SELECT ?n WHERE { ?b :author ; :title ?n }", "SELECT ?n WHERE { ?b :author ?b_author ; :title ?n }"),
+        ("SELECT ?n WHERE { ?b :title ?n . ?b <http://example.org/s/knows> }", "SELECT ?n WHERE { ?b :title ?n . ?b <http://example.org/s/knows> ?b_knows }"),
+        # a GROUP BY / ORDER BY with nothing after it
+        ("SELECT ?n WHERE { ?b :title ?n } GROUP BY", "SELECT ?n WHERE { ?b :title ?n }"),
+        ("SELECT ?n WHERE { ?b :title ?n } ORDER BY LIMIT 3", "SELECT ?n WHERE { ?b :title ?n } LIMIT 3"),
+        # complete queries are left alone
+        ("SELECT ?n WHERE { ?b :title ?n . FILTER(?n != :x) } ORDER BY ?n", "SELECT ?n WHERE { ?b :title ?n . FILTER(?n != :x) } ORDER BY ?n"),
+        ("SELECT ?n WHERE { ?b a :singer ; :title ?n }", "SELECT ?n WHERE { ?b a :singer ; :title ?n }"),
+    ],
+)
+def test_complete_triples(body: str, fixed: str) -> None:
+    assert complete_triples(P + body) == P + fixed
+    assert parse_error(P + fixed) is None

@@ -171,11 +171,50 @@ def test_abstains_below_the_threshold_and_says_why() -> None:
     assert empty.abstained and empty.reason == "no context was retrieved" and empty.confidence == 0.0
 
 
-def test_uncovered_question_parts_lower_the_confidence() -> None:
+def test_uncovered_question_parts_lower_the_best_item_confidence() -> None:
     q = "Where does Ann live?"
-    full = ConfidenceReranker(embedder=HashingEmbedder(), coverage_penalty=0.0).run(question=q, passages=PASSAGES[3:])
-    penalised = ConfidenceReranker(embedder=HashingEmbedder(), coverage_penalty=0.5).run(question=q, passages=PASSAGES[3:])
+    full = ConfidenceReranker(embedder=HashingEmbedder(), confidence_method="best_item", coverage_penalty=0.0).run(question=q, passages=PASSAGES[3:])
+    penalised = ConfidenceReranker(embedder=HashingEmbedder(), confidence_method="best_item", coverage_penalty=0.5).run(question=q, passages=PASSAGES[3:])
     assert penalised.confidence < full.confidence
+
+
+def test_part_support_is_the_mean_best_probability_covering_each_part() -> None:
+    # "ann" is named only by an improbable passage; "live" by a probable one: the mean of the two
+    from ragkit.stages.rerankers.selection import question_parts
+
+    q = "Where does Ann live?"
+    assert question_parts(q) == {"ann": 2.0, "live": 1.0}
+    ps = [Passage(id="a", text="Ann."), Passage(id="b", text="They live.")]
+    r = ConfidenceReranker(embedder=HashingEmbedder(), top_k=2, coverage_weight=0, redundancy_weight=0, bridge_weight=0)
+    probs = dict(zip(["a", "b"], r.probabilities(q, ps)))
+    out = r.run(question=q, passages=ps)
+    assert out.confidence == pytest.approx((2 * probs["a"] + probs["b"]) / 3, abs=1e-5)
+    best = ConfidenceReranker(embedder=HashingEmbedder(), top_k=2, confidence_method="best_item", coverage_penalty=0.0).run(question=q, passages=ps)
+    assert best.confidence == pytest.approx(max(probs.values()), abs=1e-5)
+    assert "weakest part" in out.reason
+
+
+def test_a_known_entity_named_only_by_an_unlikely_passage_lowers_part_support() -> None:
+    # A probable passage about the river and the town, and the entity named only by a passage that
+    # barely relates to the question: every part is covered, so best_item stays high; part_support not.
+    q = "Which river flows through Ann Lee's home town?"
+    ps = [
+        Passage(id="river", text="Which river flows through the home town? The river flows through the town."),
+        Passage(id="ann", text="Ann Lee's cat sleeps."),
+    ]
+    kw: dict[str, object] = {"embedder": HashingEmbedder(), "top_k": 2}
+    probs = ConfidenceReranker(**kw).probabilities(q, ps)  # type: ignore[arg-type]
+    assert probs[0] > probs[1]
+    support = ConfidenceReranker(**kw).run(question=q, passages=ps)  # type: ignore[arg-type]
+    best = ConfidenceReranker(confidence_method="best_item", **kw).run(question=q, passages=ps)  # type: ignore[arg-type]
+    assert best.confidence == pytest.approx(probs[0], abs=1e-5)  # full coverage: no penalty
+    assert support.confidence < best.confidence
+
+
+def test_the_graph_result_supports_every_part() -> None:
+    graph = GraphContext(query="SELECT ...", columns=["city"], rows=[["Rome"]], confidence=0.9)
+    out = ConfidenceReranker(embedder=HashingEmbedder(), top_k=1).run(question="Where does Ann live?", passages=[], graph=graph)
+    assert out.confidence == pytest.approx(0.9)
 
 
 def test_calibration_of_another_backend_is_refused(tmp_path: Path) -> None:
@@ -192,6 +231,7 @@ def test_calibration_of_another_backend_is_refused(tmp_path: Path) -> None:
         ({"backend": "cross_encoder"}, "needs 'model'"),
         ({"backend": "magic", "embedder": HashingEmbedder()}, "backend must be one of"),
         ({"embedder": HashingEmbedder(), "abstain_threshold": 2}, "abstain_threshold"),
+        ({"embedder": HashingEmbedder(), "confidence_method": "mean"}, "confidence_method must be"),
     ],
 )
 def test_bad_parameters(kw: dict[str, object], msg: str) -> None:

@@ -1,0 +1,464 @@
+"""LoRA training of a local causal LM on query-writing sequences, resumable, written as an artifact.
+
+:func:`finetune` reads the corpora, builds inference-identical sequences
+(:mod:`ragkit.finetune.data`), trains a peft LoRA adapter with AdamW (linear warm-up, then linear
+decay), and writes the adapter folder with ``ragkit_adapter.json``. Every ``save_every`` steps a
+checkpoint (adapter weights, optimizer moments as safetensors, step) goes to ``OUTPUT/checkpoint``;
+a rerun of the same command continues from it. With a bank and ``folds``, one adapter per fold is
+trained into ``OUTPUT/fold-<i>`` and ``OUTPUT/ragkit_folds.json`` says which ids each held out.
+
+Example:
+    >>> from ragkit.finetune.trainer import FinetuneOptions, finetune
+    >>> opts = FinetuneOptions(language="sparql", output="adapters/spider", max_steps=10)
+    >>> finetune(["../shared/data/spider4sparql/train.jsonl"], opts)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ragkit.errors import InputError, MissingDependencyError, UserError
+from ragkit.finetune.data import (
+    IGNORE,
+    Encoded,
+    PromptBuilder,
+    SchemaBook,
+    TrainPair,
+    build_sequences,
+    make_folds,
+    read_cypher_schemas,
+    read_pairs,
+)
+from ragkit.models.adapters import ADAPTER_META, FOLDS_META, file_sha256, model_fingerprint
+from ragkit.models.llm import LocalLLM, choose_device, quiet_progress_bars, resolve_model_path
+from ragkit.stores.base import GraphSchema
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FinetuneOptions", "finetune", "train_adapter", "sequence_loss", "fold_summary"]
+
+Progress = Callable[[int, int, float | None], None]
+"""Called with (step, total steps, last loss) after each optimizer step."""
+
+
+@dataclass
+class FinetuneOptions:
+    """Everything ``ragkit finetune`` can set (the CLI options of the same names)."""
+
+    language: str
+    output: str
+    model: str | None = None
+    epochs: float = 1.0
+    max_steps: int | None = None
+    lr: float = 2e-4
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: str = "all-linear"
+    batch_size: int = 4
+    grad_accum: int = 2
+    max_length: int = 1024
+    examples: int = 2
+    schema_tokens: int | None = 900
+    limit: int | None = None
+    seed: int = 0
+    threads: int | None = None
+    device: str = "auto"
+    save_every: int = 50
+    warmup: int = 10
+    probe: int = 8
+    schemas: str | None = None
+    graph: str | None = None
+    instructions: str | None = None
+    resume: bool = True
+
+    def check(self) -> None:
+        if self.language not in ("sparql", "cypher"):
+            raise UserError(f"unknown query language {self.language!r} (use --language sparql or cypher)")
+        for name in ("rank", "alpha", "batch_size", "grad_accum", "max_length", "save_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.epochs <= 0 or self.lr <= 0:
+            raise UserError("--epochs and --lr must be positive")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UserError("--max-steps must be at least 1")
+        if self.examples < 0:
+            raise UserError("--examples must be 0 or more")
+
+
+class _TokenizerLLM(LocalLLM):
+    """:class:`LocalLLM` with only its tokenizer loaded: ``render`` and ``count_tokens`` are LocalLLM's
+    own, so training prompts are rendered by the very code inference uses."""
+
+    def setup(self) -> None:
+        from transformers import AutoTokenizer
+
+        self.path = resolve_model_path(self.model_name)
+        quiet_progress_bars()
+        self._tok = AutoTokenizer.from_pretrained(self.path)
+        if self._tok.pad_token_id is None:
+            self._tok.pad_token = self._tok.eos_token
+
+
+# ---- data -----------------------------------------------------------------------------------
+def _graph_schemas(opts: FinetuneOptions, pairs: Sequence[TrainPair], train_files: Sequence[str]) -> dict[str, GraphSchema]:
+    """Schemas given for graphs: a text2cypher schema file (next to the data or --schemas), or the
+    schema a store reads from --graph (one file for every graph, or a folder of <graph>.<ext>)."""
+    given: dict[str, GraphSchema] = {}
+    if opts.language == "cypher":
+        files = [Path(opts.schemas)] if opts.schemas else [Path(f).parent / "train_schemas.jsonl" for f in train_files]
+        for f in dict.fromkeys(files):
+            if f.is_file():
+                given.update(read_cypher_schemas(f))
+            elif opts.schemas:
+                raise InputError(f"schema file {f} does not exist")
+    if opts.graph:
+        g = Path(opts.graph)
+        if not g.exists():
+            raise InputError(f"graph {g} does not exist (give a graph file, or a folder of <graph>.nt/.ttl/.cypher files)")
+        suffixes = (".nt", ".ttl", ".rdf") if opts.language == "sparql" else (".cypher", ".ttl")
+        for name in dict.fromkeys(p.graph for p in pairs):
+            path = g if g.is_file() else next((g / f"{name}{s}" for s in suffixes if (g / f"{name}{s}").is_file()), None)
+            if path is None:
+                continue
+            if opts.language == "sparql":
+                from ragkit.stores.rdf import OxigraphStore
+
+                store: Any = OxigraphStore(path=str(path))
+            else:
+                from ragkit.stores.cypher import EmbeddedCypherStore
+
+                store = EmbeddedCypherStore(path=str(path))
+            try:
+                given[name] = store.schema()
+            finally:
+                store.close()
+    return given
+
+
+def _subsample(pairs: list[TrainPair], limit: int | None, seed: int) -> list[TrainPair]:
+    if not limit or limit >= len(pairs):
+        return pairs
+    keep = set(random.Random(seed).sample(range(len(pairs)), limit))
+    return [p for i, p in enumerate(pairs) if i in keep]
+
+
+# ---- training -------------------------------------------------------------------------------
+def _batches(seqs: Sequence[Encoded], batch_size: int, seed: int, epoch: int) -> list[list[Encoded]]:
+    """This epoch's batches: shuffled, then grouped by length within windows so padding stays small."""
+    order = list(seqs)
+    random.Random(seed * 1000 + epoch).shuffle(order)
+    window = batch_size * 16
+    batches = []
+    for i in range(0, len(order), window):
+        chunk = sorted(order[i : i + window], key=lambda e: len(e.input_ids))
+        batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
+    random.Random(seed * 1000 + epoch + 1).shuffle(batches)
+    return batches
+
+
+def _collate(batch: Sequence[Encoded], pad_id: int, device: str) -> dict[str, Any]:
+    import torch
+
+    n = max(len(e.input_ids) for e in batch)
+    ids = [e.input_ids + [pad_id] * (n - len(e.input_ids)) for e in batch]
+    labels = [e.labels + [IGNORE] * (n - len(e.labels)) for e in batch]
+    mask = [[1] * len(e.input_ids) + [0] * (n - len(e.input_ids)) for e in batch]
+    return {
+        "input_ids": torch.tensor(ids, device=device),
+        "labels": torch.tensor(labels, device=device),
+        "attention_mask": torch.tensor(mask, device=device),
+    }
+
+
+def sequence_loss(model: Any, seqs: Sequence[Encoded], pad_id: int, device: str = "cpu") -> float:
+    """Mean loss per target token over ``seqs`` (no gradient): how well the model writes their queries."""
+    import torch
+
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for e in seqs:
+            out = model(**_collate([e], pad_id, device))
+            n = sum(1 for x in e.labels[1:] if x != IGNORE)  # the loss is over shifted labels
+            total += float(out.loss.detach()) * n
+            count += n
+    if was_training:
+        model.train()
+    return total / max(count, 1)
+
+
+def _save_checkpoint(folder: Path, model: Any, optimizer: Any, state: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    sd = optimizer.state_dict()
+    tensors = {f"{idx}/{k}": v.contiguous() for idx, st in sd["state"].items() for k, v in st.items()}
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "trainer_state.json").write_text(json.dumps({**state, "param_groups": sd["param_groups"]}, indent=1), encoding="utf-8")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)  # a checkpoint is complete or absent, never half-written
+
+
+def _load_checkpoint(folder: Path, model: Any, optimizer: Any) -> dict[str, Any]:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+    flat = load_file(str(folder / "optimizer.safetensors"))
+    per: dict[int, dict[str, Any]] = {}
+    for key, v in flat.items():
+        idx, name = key.split("/", 1)
+        per.setdefault(int(idx), {})[name] = v
+    optimizer.load_state_dict({"state": per, "param_groups": state["param_groups"]})
+    return state  # type: ignore[no-any-return]
+
+
+def _run_key(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def train_adapter(
+    seqs: list[Encoded],
+    opts: FinetuneOptions,
+    output: Path,
+    meta: dict[str, Any],
+    pad_id: int,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Train one LoRA adapter on ``seqs`` and write it, with ``meta`` completed, to ``output``."""
+    try:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+    except ImportError as e:
+        raise MissingDependencyError(e.name or "peft", "finetune", "ragkit finetune") from None
+    if not seqs:
+        raise InputError("no training sequence fits --max-length (raise it, or lower --examples)")
+    random.seed(opts.seed)
+    torch.manual_seed(opts.seed)
+    device, dtype = choose_device(opts.device, "float32" if opts.device in ("auto", "cpu") else "auto")
+    base = resolve_model_path(opts.model)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype)).to(device)
+    config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=opts.rank,
+        lora_alpha=opts.alpha,
+        lora_dropout=opts.dropout,
+        target_modules=opts.target_modules if opts.target_modules == "all-linear" else opts.target_modules.split(","),
+    )
+    model = get_peft_model(model, config)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=opts.lr, weight_decay=0.0)
+    per_epoch = math.ceil(len(seqs) / opts.batch_size)
+    total = opts.max_steps or max(1, math.ceil(opts.epochs * per_epoch / opts.grad_accum))
+    probe = seqs[: opts.probe]
+    run_key = _run_key({"meta": {k: meta[k] for k in ("base_model", "data", "options") if k in meta}, "ids": [s.id for s in seqs]})
+    ckpt = output / "checkpoint"
+    step, losses, tokens, seconds = 0, [], 0, 0.0
+    loss_before = None
+    if opts.resume and (ckpt / "trainer_state.json").is_file():
+        state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+        if state.get("run_key") == run_key:
+            state = _load_checkpoint(ckpt, model, optimizer)
+            step, losses, tokens, seconds = state["step"], state["losses"], state["tokens"], state["seconds"]
+            loss_before = state.get("loss_before")
+            logger.info("resuming %s from step %d", output, step)
+        else:
+            logger.warning("%s holds a checkpoint of another run (other data or options): starting afresh", ckpt)
+    if loss_before is None:
+        loss_before = sequence_loss(model, probe, pad_id, device)
+    model.train()
+
+    def micro_batches() -> Any:
+        epoch = 0
+        while True:
+            yield from _batches(seqs, opts.batch_size, opts.seed, epoch)
+            epoch += 1
+
+    stream = micro_batches()
+    for _ in range(step * opts.grad_accum):  # a resumed run continues where the data order was
+        next(stream)
+    if progress is not None:
+        progress(step, total, losses[-1] if losses else None)
+    while step < total:
+        t0 = time.perf_counter()
+        lr = opts.lr * min(1.0, (step + 1) / max(1, opts.warmup)) * max(0.0, 1.0 - step / total) if total > opts.warmup else opts.lr
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for _ in range(opts.grad_accum):
+            batch = next(stream)
+            out = model(**_collate(batch, pad_id, device))
+            (out.loss / opts.grad_accum).backward()
+            step_loss += float(out.loss.detach()) / opts.grad_accum
+            tokens += sum(len(e.input_ids) for e in batch)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        optimizer.step()
+        step += 1
+        seconds += time.perf_counter() - t0
+        losses.append(round(step_loss, 5))
+        if progress is not None:
+            progress(step, total, step_loss)
+        if step % opts.save_every == 0 and step < total:
+            _save_checkpoint(ckpt, model, optimizer, {"run_key": run_key, "step": step, "losses": losses, "tokens": tokens, "seconds": seconds, "loss_before": loss_before})
+    loss_after = sequence_loss(model, probe, pad_id, device)
+    output.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output)
+    meta.update(
+        steps=step,
+        epochs_done=round(step * opts.grad_accum * opts.batch_size / len(seqs), 3),
+        final_loss=losses[-1] if losses else None,
+        losses=losses,
+        loss_before=round(loss_before, 5),
+        loss_after=round(loss_after, 5),
+        probe_ids=[s.id for s in probe],
+        trainable_parameters=trainable,
+        throughput={
+            "seconds": round(seconds, 2),
+            "tokens": tokens,
+            "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+            "seconds_per_step": round(seconds / step, 3) if step else None,
+            "peak_rss_mb": _peak_rss_mb(),
+            "device": device,
+            "dtype": dtype,
+            "threads": _threads(),
+        },
+    )
+    (output / ADAPTER_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return meta
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    except (ImportError, OSError):
+        return None
+
+
+def _threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+# ---- the command ----------------------------------------------------------------------------
+def finetune(
+    train_files: Sequence[str],
+    opts: FinetuneOptions,
+    *,
+    bank: str | None = None,
+    folds: int | None = None,
+    progress: Callable[[str], Progress] | None = None,
+    log: Callable[[str], None] = logger.info,
+) -> list[dict[str, Any]]:
+    """Train the adapter(s) ``ragkit finetune`` names; returns the metadata written for each.
+
+    Args:
+        train_files: general corpora (pairs over other graphs).
+        opts: the options.
+        bank: a graph's own example bank; with ``folds``, one adapter per fold, each without that
+            fold's items and their equivalents (the evaluation protocol), the general corpora added.
+        folds: number of folds for ``bank`` (without it the whole bank is training data).
+        progress: given an adapter's name, returns its per-step callback.
+        log: where to report what the data became.
+    """
+    opts.check()
+    if not train_files and not bank:
+        raise UserError("nothing to train on: give --train FILE (repeatable) and/or --bank FILE")
+    if folds is not None and not bank:
+        raise UserError("--folds needs --bank FILE (the example bank to split)")
+    if folds is not None and folds < 2:
+        raise UserError("--folds must be at least 2")
+    threads = opts.threads or int(os.environ.get("RAGKIT_NUM_THREADS", "0") or 0)
+    general: list[TrainPair] = []
+    for f in train_files:
+        general += read_pairs(f, opts.language)
+    bank_pairs = read_pairs(bank, opts.language) if bank else []
+    # a graph's schema comes from all its pairs; --limit subsamples what is trained on
+    book_pairs = general + bank_pairs
+    general_full = general  # every pair may serve as a retrieved example
+    general = _subsample(general, opts.limit, opts.seed)
+    all_pairs = general + bank_pairs
+    tok_llm = _TokenizerLLM(model=opts.model)
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError("torch", "models", "ragkit finetune (install the CPU build first: pip install torch==2.13.0)") from None
+    if threads:
+        torch.set_num_threads(threads)
+    tok_llm.warm_up()
+    tok = tok_llm.tokenizer
+
+    def tokenize(text: str) -> list[int]:
+        return list(tok(text, add_special_tokens=False)["input_ids"])
+
+    book = SchemaBook(book_pairs, opts.language, _graph_schemas(opts, book_pairs, [*train_files, *([bank] if bank else [])]))
+    builder = PromptBuilder(tok_llm, opts.language, book, opts.schema_tokens, opts.instructions)
+    assert tok_llm.path is not None
+    base_meta = {
+        "format": 1,
+        "language": opts.language,
+        "base_model": {"name": opts.model or "smollm2", "fingerprint": model_fingerprint(tok_llm.path)},
+        "data": [{"path": str(f), "sha256": file_sha256(f)} for f in train_files],
+        "options": {k: v for k, v in dataclasses.asdict(opts).items() if k not in ("output", "resume", "threads", "device")},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if bank:
+        base_meta["bank"] = {"path": str(bank), "sha256": file_sha256(bank), "items": len(bank_pairs)}
+    out = Path(opts.output)
+    pad_id = int(tok.pad_token_id)
+    results = []
+    if folds is None:
+        seqs, stats = build_sequences(all_pairs, book_pairs, builder, tokenize, examples=opts.examples, max_length=opts.max_length)
+        log(f"{stats.kept} sequences from {stats.pairs} pairs ({stats.too_long} too long for --max-length {opts.max_length}, {stats.fewer_examples} with fewer examples)")
+        meta = {**base_meta, "sequences": stats.kept, "build": dataclasses.asdict(stats) | {"skipped_ids": stats.skipped_ids[:100]}}
+        results.append(train_adapter(seqs, opts, out, meta, pad_id, progress(out.name) if progress else None))
+        return results
+    splits = make_folds(bank_pairs, folds, opts.seed)
+    index = {"bank": base_meta["bank"], "language": opts.language, "base_model": base_meta["base_model"], "folds": []}
+    for fold in splits:
+        name = f"fold-{fold.index}"
+        # examples come only from what this fold may see
+        seqs, stats = build_sequences(general + fold.train, general_full + fold.train, builder, tokenize, examples=opts.examples, max_length=opts.max_length)
+        log(f"{name}: {stats.kept} sequences; {len(fold.held_out)} items held out, {len(fold.dropped)} equivalents dropped")
+        meta = {
+            **base_meta,
+            "fold": fold.index,
+            "folds": folds,
+            "held_out_ids": [p.id for p in fold.held_out],
+            "dropped_ids": fold.dropped,
+            "sequences": stats.kept,
+            "build": dataclasses.asdict(stats) | {"skipped_ids": stats.skipped_ids[:100]},
+        }
+        results.append(train_adapter(seqs, opts, out / name, meta, pad_id, progress(name) if progress else None))
+        index["folds"].append({"adapter": name, "held_out": meta["held_out_ids"], "dropped": fold.dropped})
+    (out / FOLDS_META).write_text(json.dumps(index, indent=1), encoding="utf-8")
+    return results
+
+
+def fold_summary(folder: str | Path) -> list[dict[str, Any]]:
+    """Per fold of a fold set: its adapter folder and how many items it held out (for the CLI)."""
+    data = json.loads((Path(folder) / FOLDS_META).read_text(encoding="utf-8"))
+    return [{"adapter": f["adapter"], "held_out": len(f["held_out"])} for f in data["folds"]]
+
