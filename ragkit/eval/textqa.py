@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ragkit.core.jsonl import json_lines
 from ragkit.errors import InputError, RagkitError
 
 logger = logging.getLogger(__name__)
@@ -126,13 +127,7 @@ def read_textqa(dataset_dir: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise InputError(f"{path} does not exist (a text QA folder holds questions.jsonl and corpus.jsonl)")
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    for n, row in json_lines(path):
         if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(row.get("answers", []), list):
             raise InputError(f"{path}:{n}: needs 'id', 'question', 'answers' (a list) and 'supporting' (a list)")
         row.setdefault("id", f"q{n}")

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ragkit.core.jsonl import json_lines
 from ragkit.errors import InputError, QueryError
 from ragkit.models.base import LLM, ChatMessage
 from ragkit.stores.base import GraphSchema, SchemaClass, SchemaProperty
@@ -98,13 +99,7 @@ def read_pairs(path: str | Path, language: str) -> list[TrainPair]:
         raise InputError(f"training file {p} does not exist")
     other = "cypher" if language == "sparql" else "sparql"
     out: list[TrainPair] = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{p}:{n}: not valid JSON ({e.msg})") from None
+    for n, row in json_lines(p):
         if not isinstance(row, dict):
             raise InputError(f"{p}:{n}: each line must be a JSON object with 'question' and '{language}'")
         query = row.get(language, row.get("query"))
@@ -348,7 +343,11 @@ class PromptBuilder:
 
     def messages(self, pair: TrainPair, examples: Sequence[TrainPair], budget: int | None = -1) -> list[ChatMessage]:
         """The generator's chat prompt for ``pair`` with these examples (best first)."""
-        from ragkit.stages.linkers.entity import EntityMention, LinkedEntities, query_values
+        from ragkit.stages.linkers.entity import (
+            EntityMention,
+            LinkedEntities,
+            query_values,
+        )
         from ragkit.stores.examples import QueryExample
 
         budget = self.schema_tokens if budget == -1 else budget

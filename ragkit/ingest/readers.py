@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ragkit.core.jsonl import json_lines
 from ragkit.errors import InputError
 
 __all__ = ["Document", "read_corpus", "read_jsonl", "read_folder", "FOLDER_SUFFIXES"]
@@ -68,19 +68,12 @@ def read_corpus(path: str | Path) -> list[Document]:
 def read_jsonl(path: str | Path) -> Iterator[Document]:
     """Documents from a JSON Lines file; a bad line raises :class:`InputError` naming ``file:line``."""
     p = Path(path)
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{p}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise InputError(f"{p}:{n}: each line needs a 'text' string (and an 'id'; 'title' is optional)")
-            doc_id = row.get("id", f"{p.stem}-{n}")
-            meta = {k: v for k, v in row.items() if k not in ("id", "title", "text") and isinstance(v, Scalar)}
-            yield Document(id=str(doc_id), title=str(row.get("title") or ""), text=row["text"], metadata=meta)
+    for n, row in json_lines(p):
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise InputError(f"{p}:{n}: each line needs a 'text' string (and an 'id'; 'title' is optional)")
+        doc_id = row.get("id", f"{p.stem}-{n}")
+        meta = {k: v for k, v in row.items() if k not in ("id", "title", "text") and isinstance(v, Scalar)}
+        yield Document(id=str(doc_id), title=str(row.get("title") or ""), text=row["text"], metadata=meta)
 
 
 def read_folder(folder: str | Path, suffixes: tuple[str, ...] = FOLDER_SUFFIXES) -> Iterator[Document]:

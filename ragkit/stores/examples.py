@@ -34,6 +34,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from ragkit.core.component import Resource, register_resource
+from ragkit.core.jsonl import json_lines
 from ragkit.errors import InputError, MissingDependencyError
 from ragkit.models.base import Embedder
 from ragkit.query.text import question_skeleton
@@ -61,13 +62,7 @@ def read_examples(path: str | Path) -> list[QueryExample]:
     if not p.is_file():
         raise InputError(f"example bank {p} does not exist (check the 'path' of the example_bank resource)")
     out = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{p}:{n}: not valid JSON ({e.msg})") from None
+    for n, row in json_lines(p):
         query = next((row[k] for k in _QUERY_KEYS if isinstance(row, dict) and k in row), None)
         if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(query, str):
             raise InputError(f"{p}:{n}: each line needs a 'question' and a 'sparql', 'cypher' or 'query' string")
