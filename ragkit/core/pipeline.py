@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,14 +274,7 @@ class Pipeline:
         unknown = [o for o in outputs if o not in self.outputs]
         if unknown:
             raise ConfigError(f"no pipeline output(s) {unknown} (outputs: {_names(self.outputs)})")
-        need = {self.outputs[o][0] for o in outputs}
-        todo = list(need)
-        while todo:
-            n = todo.pop()
-            for c in self.connections:
-                if c.dst_stage == n and c.src_stage not in need:
-                    need.add(c.src_stage)
-                    todo.append(c.src_stage)
+        need = self._ancestors({self.outputs[o][0] for o in outputs})
         sub = Pipeline(name=self.name, description=self.description)
         for n, st in self.stages.items():
             if n in need:
@@ -440,17 +433,22 @@ class Pipeline:
             return set()
         fed_from = {c.src_stage for c in self.connections}
         sinks = {s for s, _ in self.outputs.values()} or {n for n in self.stages if n not in fed_from}
-        needed: set[str] = set()
-        todo = [s for s in sinks]
+        # a precomputed stage's inputs are not needed: that is the point
+        needed = self._ancestors(sinks, stop=set(precomputed))
+        return {n for n in self.stages if n not in needed}
+
+    def _ancestors(self, sinks: set[str], stop: Collection[str] = ()) -> set[str]:
+        """``sinks`` and every stage they depend on, not looking past the stages in ``stop``."""
+        need: set[str] = set()
+        todo = list(sinks)
         while todo:
             n = todo.pop()
-            if n in needed:
+            if n in need:
                 continue
-            needed.add(n)
-            if n in precomputed:
-                continue  # its inputs are not needed: that is the point
-            todo.extend(c.src_stage for c in self.connections if c.dst_stage == n)
-        return {n for n in self.stages if n not in needed}
+            need.add(n)
+            if n not in stop:
+                todo.extend(c.src_stage for c in self.connections if c.dst_stage == n)
+        return need
 
     def _default_stream_stage(self) -> str | None:
         # The stage behind the 'answer' output is what a caller wants streamed; other stages (a query
