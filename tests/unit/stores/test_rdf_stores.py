@@ -631,19 +631,21 @@ def test_http_time_out_waiting_for_an_answer(endpoint: _FakeServer) -> None:
     def slow(h: _Handler, q: str) -> None:
         if q == "ASK {}":
             return default_responder(h, q)
-        endpoint.release.wait(10)
+        endpoint.release.wait(30)
 
     endpoint.responder = slow
     store = SparqlEndpointStore(url=url_of(endpoint), timeout=0.3)
     store.warm_up()
+    # The server would hold each answer for 30 s: returning well before that shows the time-out cut
+    # the wait (the bound is loose on purpose, so a loaded test machine does not fail it).
     start = time.monotonic()
     with pytest.raises(QueryTimeoutError, match="0.3 s"):
         store.query("SELECT ?s WHERE { ?s ?p ?o }")
-    assert time.monotonic() - start < 1.5
+    assert time.monotonic() - start < 10
     start = time.monotonic()
     with pytest.raises(QueryTimeoutError, match="0.1 s"):
         store.query("SELECT ?s WHERE { ?s ?p ?o }", timeout=0.1)
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 10
 
 
 def test_http_time_out_while_rows_trickle_in(endpoint: _FakeServer) -> None:
