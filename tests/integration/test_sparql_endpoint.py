@@ -221,7 +221,8 @@ def test_time_out(server: OxigraphServer) -> None:
     start = time.monotonic()
     with pytest.raises(QueryTimeoutError, match="0.5 s"):
         hasty.query(SLOW_QUERY)
-    assert time.monotonic() - start < 1.5
+    # cut short: well under the full run (1.5 s on a quiet machine; a loaded one slows both)
+    assert time.monotonic() - start < max(1.5, took / 2)
     with pytest.raises(QueryTimeoutError):
         patient.query(SLOW_QUERY, timeout=0.3)
     assert hasty.query("ASK { ?s ?p ?o }").boolean is True  # the store is still usable
