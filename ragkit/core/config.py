@@ -32,6 +32,7 @@ The format::
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import os
@@ -259,7 +260,68 @@ def load_pipeline(path: str | Path) -> Pipeline:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(ConfigIssue(f"cannot read it ({e})", str(path))) from None
     data, doc = _parse_yaml(text, str(path))
+    if isinstance(data, dict) and "extends" in data:
+        data = _extend(data, p, doc, {p.resolve()})
     return _build(data, doc)
+
+
+_EXTENDING_KEYS = {"extends", "set", "name", "description", "version"}
+
+
+def _extend(data: dict[str, Any], path: Path, doc: _Doc, seen: set[Path]) -> dict[str, Any]:
+    """A pipeline file that names another (``extends: base.yaml``, relative to the file) and changes
+    some of its parameters (``set: {querygen.constrained: false, resources.llm.adapter: PATH}``,
+    a null value removes the parameter): the base's dict with those changes, and this file's name.
+
+    Variants of one pipeline (ablations, a fine-tuned model) stay one line each instead of copies.
+    """
+    if doc.issues:
+        raise ConfigError(doc.issues)
+    extra = sorted(set(data) - _EXTENDING_KEYS)
+    if extra:
+        raise ConfigError(doc.at((extra[0],), f"a file that extends another takes only {', '.join(sorted(_EXTENDING_KEYS))}; '{extra[0]}' belongs in the base file or in 'set'", key=True))
+    ref = data["extends"]
+    if not isinstance(ref, str) or not ref.strip():
+        raise ConfigError(doc.at(("extends",), "'extends' takes the path of another pipeline file (relative to this one)"))
+    base_path = path.parent / ref
+    if base_path.resolve() in seen:
+        raise ConfigError(doc.at(("extends",), f"{ref} extends this file again (a cycle): extend a file that does not"))
+    try:
+        text = base_path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(doc.at(("extends",), f"cannot read {base_path} ({e.strerror or e}); the path is relative to {path}")) from None
+    base, base_doc = _parse_yaml(text, str(base_path))
+    if not isinstance(base, dict):
+        raise ConfigError(doc.at(("extends",), f"{base_path} is not a pipeline file (a mapping)"))
+    if "extends" in base:
+        base = _extend(base, base_path, base_doc, seen | {base_path.resolve()})
+    elif base_doc.issues:
+        raise ConfigError(base_doc.issues)
+    merged = copy.deepcopy(base)
+    for key in ("name", "description", "version"):
+        if key in data:
+            merged[key] = data[key]
+    changes = data.get("set") or {}
+    if not isinstance(changes, dict):
+        raise ConfigError(doc.at(("set",), "'set' takes a mapping of 'stage.parameter' or 'resources.name.parameter' to values"))
+    stages = {st.get("name"): st for st in merged.get("stages", []) if isinstance(st, dict)}
+    for dotted, value in changes.items():
+        owner, _, param = str(dotted).rpartition(".")
+        if owner.startswith("resources."):
+            target = (merged.get("resources") or {}).get(owner[len("resources.") :])
+            known = ", ".join(f"resources.{r}" for r in merged.get("resources") or {})
+        else:
+            target = stages.get(owner)
+            known = ", ".join(str(n) for n in stages)
+        if not param or not isinstance(target, dict):
+            raise ConfigError(doc.at(("set", dotted), f"'{dotted}': no stage or resource '{owner}' in {base_path} (one of: {known}); write 'stage.parameter'", key=True))
+        if param in _RESERVED:
+            raise ConfigError(doc.at(("set", dotted), f"'{dotted}': a stage's or resource's {param} cannot be changed by 'set'", key=True))
+        if value is None:
+            target.pop(param, None)
+        else:
+            target[param] = value
+    return merged
 
 
 def build_pipeline(data: dict[str, Any], source: str = "<dict>") -> Pipeline:

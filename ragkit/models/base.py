@@ -7,12 +7,15 @@ for another folder, a GGUF file or (in tests) :mod:`ragkit.testing`'s scripted f
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from ragkit.core.component import Resource
 from ragkit.core.metrics import GenerationStats
+
+if TYPE_CHECKING:
+    from ragkit.query.constrain import TermConstraint
 
 __all__ = ["ChatMessage", "Generation", "LLM", "Embedder"]
 
@@ -45,6 +48,8 @@ class LLM(Resource):
     """A language model that continues chat prompts or raw text."""
 
     context_window: int = 2048
+    constrains_decoding: bool = False
+    """True when :meth:`generate` applies a ``constraint`` (a local model's logits processor)."""
 
     def generate(
         self,
@@ -55,11 +60,16 @@ class LLM(Resource):
         temperature: float = 0.0,
         num_return_sequences: int = 1,
         stream: bool = False,
+        constraint: TermConstraint | None = None,
     ) -> Generation:
         """Continue ``prompt`` (a raw string, or chat messages formatted by the model's template).
 
         With ``stream=True`` each new piece of text is passed to :func:`ragkit.emit_token` as it
         is produced. Token counts and TTFT/TPOT go to the current stage's trace.
+
+        ``constraint`` (a :class:`~ragkit.query.constrain.TermConstraint`) limits the schema names a
+        query may spell; models that decode elsewhere (remote APIs) cannot apply it and ignore it,
+        which ``constrains_decoding`` says.
         """
         raise NotImplementedError
 

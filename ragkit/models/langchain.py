@@ -32,12 +32,15 @@ import importlib
 import re
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragkit.core.component import register_resource
 from ragkit.core.metrics import GenerationStats, emit_token, is_streaming
 from ragkit.errors import ConfigError, MissingDependencyError
 from ragkit.models.base import LLM, ChatMessage, Generation, record
+
+if TYPE_CHECKING:
+    from ragkit.query.constrain import TermConstraint
 
 __all__ = ["LangChainChatModel", "load_factory", "require_langchain"]
 
@@ -151,6 +154,7 @@ class LangChainChatModel(LLM):
         temperature: float = 0.0,
         num_return_sequences: int = 1,
         stream: bool = False,
+        constraint: TermConstraint | None = None,
     ) -> Generation:
         self.warm_up()
         messages = self._messages(prompt)

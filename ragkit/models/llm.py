@@ -39,12 +39,15 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ragkit.core.component import register_resource
 from ragkit.core.metrics import GenerationStats, emit_token, is_streaming
 from ragkit.errors import MissingDependencyError, ModelError
 from ragkit.models.base import LLM, ChatMessage, Generation, record
+
+if TYPE_CHECKING:
+    from ragkit.query.constrain import TermConstraint
 
 logger = logging.getLogger(__name__)
 
@@ -345,6 +348,8 @@ class LocalLLM(LLM):
         >>> rag = LocalLLM(prompt_lookup_tokens=8, quantize="int8")
     """
 
+    constrains_decoding = True
+
     def __init__(
         self,
         model: str | None = None,
@@ -509,6 +514,7 @@ class LocalLLM(LLM):
         temperature: float = 0.0,
         num_return_sequences: int = 1,
         stream: bool = False,
+        constraint: TermConstraint | None = None,
     ) -> Generation:
         import torch
 
@@ -533,7 +539,15 @@ class LocalLLM(LLM):
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if num_return_sequences > 1 and not sample:
             kwargs["num_beams"] = num_return_sequences
-        speculation = self.speculation if num_return_sequences == 1 else None
+        # speculative steps would verify drafts the constraint never saw: constrained calls decode plainly
+        speculation = self.speculation if num_return_sequences == 1 and constraint is None else None
+        if constraint is not None:
+            from transformers import LogitsProcessorList
+
+            from ragkit.query.constrain import TermLogitsProcessor
+
+            eos_ids = _as_list(self._model.generation_config.eos_token_id)
+            kwargs["logits_processor"] = LogitsProcessorList([TermLogitsProcessor(constraint, self._tok, n_in, eos_ids)])
         if stop and speculation is None:  # speculative steps check stop strings in the streamer instead
             kwargs.update(stop_strings=list(stop), tokenizer=self._tok)
         start = time.perf_counter()

@@ -30,12 +30,15 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ragkit.core.component import register_resource
 from ragkit.core.metrics import GenerationStats, emit_token, is_streaming
 from ragkit.errors import MissingDependencyError, ModelError, ModelUnavailableError
 from ragkit.models.base import LLM, ChatMessage, Generation, record
+
+if TYPE_CHECKING:
+    from ragkit.query.constrain import TermConstraint
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +169,7 @@ class OpenAILLM(LLM):
         temperature: float = 0.0,
         num_return_sequences: int = 1,
         stream: bool = False,
+        constraint: TermConstraint | None = None,
     ) -> Generation:
         self.warm_up()
         chat = not isinstance(prompt, str)

@@ -29,12 +29,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ragkit.core.component import register_resource
 from ragkit.core.cost import Price, record_cost
 from ragkit.core.metrics import current_recorder, emit_token
 from ragkit.models.base import LLM, ChatMessage, Generation
+
+if TYPE_CHECKING:
+    from ragkit.query.constrain import TermConstraint
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +92,7 @@ class RoutedLLM(LLM):
             raise ValueError("min_score is a mean log-probability: 0 or below (e.g. -0.8)")
         self.small = small
         self.large = large
+        self.constrains_decoding = small.constrains_decoding and large.constrains_decoding
         self.min_score = min_score
         self.check = check
         self.small_price = small_price if isinstance(small_price, Price) else Price.model_validate(small_price)
@@ -139,9 +143,10 @@ class RoutedLLM(LLM):
         temperature: float = 0.0,
         num_return_sequences: int = 1,
         stream: bool = False,
+        constraint: TermConstraint | None = None,
     ) -> Generation:
         self.warm_up()
-        kw = {"max_new_tokens": max_new_tokens, "stop": stop, "temperature": temperature, "num_return_sequences": num_return_sequences}
+        kw = {"max_new_tokens": max_new_tokens, "stop": stop, "temperature": temperature, "num_return_sequences": num_return_sequences, "constraint": constraint}
         gen = self.small.generate(prompt, stream=False, **kw)
         record_cost("small", gen.stats, self.small_price)
         reason = self.escalation_reason(gen)

@@ -6,7 +6,7 @@ import hashlib
 import re
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragkit.core.component import register_resource, register_stage
 from ragkit.core.metrics import GenerationStats, emit_token
@@ -14,6 +14,9 @@ from ragkit.core.stage import Output, Stage
 from ragkit.errors import QueryParseError
 from ragkit.models.base import LLM, ChatMessage, Embedder, Generation, record
 from ragkit.stores.base import GraphSchema, GraphStore, QueryResult, SchemaClass, SchemaProperty
+
+if TYPE_CHECKING:
+    from ragkit.query.constrain import TermConstraint
 
 __all__ = ["HashingEmbedder", "ScriptedLLM", "TinyGraphStore", "EchoStage", "UpperStage", "TextOutput"]
 
@@ -77,6 +80,8 @@ class ScriptedLLM(LLM):
         self.rules = dict(rules or {})
         self.seconds_per_token = seconds_per_token
         self.prompts: list[str] = []
+        self.constraints: list[TermConstraint | None] = []
+        """The ``constraint`` of each call (the script is replayed as is, constrained or not)."""
         self.setup_calls = 0
         self._i = 0
 
@@ -106,10 +111,12 @@ class ScriptedLLM(LLM):
         temperature: float = 0.0,
         num_return_sequences: int = 1,
         stream: bool = False,
+        constraint: TermConstraint | None = None,
     ) -> Generation:
         self.warm_up()
         text = prompt if isinstance(prompt, str) else self.render(prompt)
         self.prompts.append(text)
+        self.constraints.append(constraint)
         start = time.perf_counter()
         texts = []
         first: float | None = None

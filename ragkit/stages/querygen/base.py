@@ -12,6 +12,10 @@ Candidates are made lazily, cheapest first:
 2. otherwise ``num_candidates`` beams;
 3. otherwise up to ``repair_rounds`` rounds that show the model its best attempt with the typed
    error (or "returned no rows") and ask for a correction: a bounded loop inside the stage.
+
+With ``constrained`` (the default) every one of them is decoded under a
+:class:`~ragkit.query.constrain.TermConstraint`: where the query names a class, property, label,
+relationship type or property key, the model can only spell one the graph's schema has.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from ragkit.core.metrics import current_recorder
 from ragkit.core.stage import Output, Stage
 from ragkit.errors import InputError, QueryError, StoreError, StoreUnavailableError
 from ragkit.models.base import LLM, ChatMessage
+from ragkit.query.constrain import TermConstraint
 from ragkit.stages.linkers.entity import LinkedEntities, query_values
 from ragkit.stores.base import GraphSchema, GraphStore
 from ragkit.stores.examples import QueryExample
@@ -86,6 +91,7 @@ class QueryGenerator(Stage):
         max_new_tokens: int = 160,
         repair_rounds: int = 1,
         instructions: str | None = None,
+        constrained: bool = True,
     ) -> None:
         if num_candidates < 1:
             raise ValueError("num_candidates must be at least 1")
@@ -99,6 +105,7 @@ class QueryGenerator(Stage):
         self.max_new_tokens = max_new_tokens
         self.repair_rounds = repair_rounds
         self.instructions = instructions or self.default_instructions
+        self.constrained = constrained
 
     # -- language-specific --------------------------------------------------------------------
     def postprocess(self, text: str, schema: GraphSchema) -> str:
@@ -138,11 +145,12 @@ class QueryGenerator(Stage):
             raise InputError("the question is empty (ask something)")
         messages = self.messages(question, schema_text, examples or [], entities)
         self._note_prompt(messages, schema_text)
+        constraint = TermConstraint.for_schema(graph_schema) if self.constrained else None
         candidates: list[QueryCandidate] = []
         seen: set[str] = set()
-        self._collect(messages, 1, graph_schema, candidates, seen, "greedy")
+        self._collect(messages, 1, graph_schema, candidates, seen, "greedy", constraint)
         if not any(c.good for c in candidates) and self.num_candidates > 1:
-            self._collect(messages, self.num_candidates, graph_schema, candidates, seen, "beam")
+            self._collect(messages, self.num_candidates, graph_schema, candidates, seen, "beam", constraint)
         repairs = 0
         while repairs < self.repair_rounds and not any(c.good for c in candidates):
             best = self._rank(candidates)[0] if candidates else QueryCandidate(query="", error="no query")
@@ -152,7 +160,7 @@ class QueryGenerator(Stage):
                 ChatMessage(role="assistant", content=best.query or "(no query)"),
                 ChatMessage(role="user", content=f"That query is wrong: {problem}. Write the corrected {self.language.upper()} query."),
             ]
-            self._collect(messages, 1, graph_schema, candidates, seen, "repair")
+            self._collect(messages, 1, graph_schema, candidates, seen, "repair", constraint)
             repairs += 1
         if not candidates:
             candidates.append(QueryCandidate(query="", score=0.0, error="the model wrote no query"))
@@ -162,6 +170,7 @@ class QueryGenerator(Stage):
             rec.note("candidates", len(candidates))
             rec.note("valid", sum(c.error is None for c in candidates))
             rec.note("repairs", repairs)
+            rec.note("constrained", constraint is not None and self.llm.constrains_decoding)
         generated = GeneratedQuery(language=self.language, query=candidates[0].query, candidates=candidates)
         return QueryGenOutput(generated=generated, query=generated.query)
 
@@ -183,8 +192,17 @@ class QueryGenerator(Stage):
         # good (valid and non-empty) first, then valid, then by likelihood; stable for ties
         return sorted(candidates, key=lambda c: (not c.good, c.error is not None, -c.score))
 
-    def _collect(self, messages: list[ChatMessage], n: int, schema: GraphSchema, out: list[QueryCandidate], seen: set[str], origin: str) -> None:
-        gen = self.llm.generate(messages, max_new_tokens=self.max_new_tokens, num_return_sequences=n)
+    def _collect(
+        self,
+        messages: list[ChatMessage],
+        n: int,
+        schema: GraphSchema,
+        out: list[QueryCandidate],
+        seen: set[str],
+        origin: str,
+        constraint: TermConstraint | None = None,
+    ) -> None:
+        gen = self.llm.generate(messages, max_new_tokens=self.max_new_tokens, num_return_sequences=n, constraint=constraint)
         scores = list(gen.scores) + [0.0] * (len(gen.texts) - len(gen.scores))
         for text, score in zip(gen.texts, scores):
             query = self.postprocess(text, schema)

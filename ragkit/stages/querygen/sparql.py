@@ -46,6 +46,8 @@ class SparqlQueryGenerator(QueryGenerator):
         max_new_tokens: token limit for one query.
         repair_rounds: correction rounds when every candidate fails.
         instructions: the system instructions placed before the schema.
+        constrained: decode under the schema's names (a logits processor over the model's
+            tokenizer), so no candidate names a term the graph lacks; ``false`` for the ablation.
     """
 
     language = "sparql"

@@ -421,3 +421,40 @@ def test_a_constructor_raising_anything_is_reported_not_raised(tmp_path: Path, m
     (issue,) = exc.value.issues
     assert (issue.line, issue.column) == (7, 13)  # the value of the parameter the error names
     assert "stage 'upper': KeyError: 'suffix table'" in issue.message
+
+
+def test_a_file_can_extend_another_and_change_parameters(tmp_path: Path, in_repo: None) -> None:
+    variant = tmp_path / "variants" / "no_constraint.yaml"
+    variant.parent.mkdir()
+    variant.write_text(
+        f"extends: {os.path.relpath(KGQA, variant.parent)}\n"
+        "name: kgqa_sparql_unconstrained\n"
+        "set:\n  querygen.constrained: false\n  querygen.num_candidates: 1\n  resources.llm.dtype: float32\n  schema.max_tokens: null\n"
+    )
+    pipe = Pipeline.from_yaml(variant)
+    base = Pipeline.from_yaml(KGQA).to_dict()
+    d = pipe.to_dict()
+    assert d["name"] == "kgqa_sparql_unconstrained"
+    qg = next(s for s in d["stages"] if s["name"] == "querygen")
+    assert qg["constrained"] is False and qg["num_candidates"] == 1
+    assert d["resources"]["llm"]["dtype"] == "float32"
+    schema = next(s for s in d["stages"] if s["name"] == "schema")
+    assert "max_tokens" not in schema or schema["max_tokens"] != 900  # removed: the stage's default
+    assert d["connections"] == base["connections"]  # everything else is the base's
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("extends: missing.yaml\n", "cannot read"),
+        ("extends: self.yaml\n", "cycle"),
+        ("extends: {base}\nset:\n  nosuchstage.x: 1\n", "no stage or resource 'nosuchstage'"),
+        ("extends: {base}\nset:\n  querygen.type: x\n", "cannot be changed"),
+        ("extends: {base}\nstages: []\n", "takes only"),
+    ],
+)
+def test_extending_mistakes_are_explained(tmp_path: Path, in_repo: None, body: str, message: str) -> None:
+    f = tmp_path / "self.yaml"
+    f.write_text(body.format(base=KGQA))
+    with pytest.raises(ConfigError, match=message):
+        Pipeline.from_yaml(f)

@@ -409,3 +409,18 @@ def test_cypher_generator_yaml_round_trip() -> None:
     gen = pipe.stages["querygen"]
     assert isinstance(gen, CypherQueryGenerator) and (gen.num_candidates, gen.repair_rounds) == (2, 0)
     assert pipe.run(question=QUESTION, graph_schema=CYPHER_SCHEMA, schema_text="")["query"] == C_GOOD
+
+
+def test_generation_is_constrained_to_the_schema_by_default(schema: Any) -> None:
+    llm = ScriptedLLM(responses=[EMPTY, EMPTY2, EMPTY, GOOD])
+    generate(SparqlQueryGenerator(llm=llm, store=TinyGraphStore(), num_candidates=2), schema)
+    assert len(llm.constraints) >= 2 and all(c is not None for c in llm.constraints)  # greedy, beams, repair alike
+    c = llm.constraints[0]
+    assert c.accepts("SELECT ?c WHERE { tiny:ann tiny:livesIn ?c }")
+    assert not c.accepts("SELECT ?c WHERE { tiny:ann tiny:livesAt ?c }")
+
+
+def test_constraint_can_be_turned_off(schema: Any) -> None:
+    llm = ScriptedLLM(responses=[GOOD])
+    generate(SparqlQueryGenerator(llm=llm, store=TinyGraphStore(), constrained=False), schema)
+    assert llm.constraints == [None]

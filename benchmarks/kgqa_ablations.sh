@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# What each part of query generation buys, in one run (issue 4's table): the peer baseline (schema +
+# question, no examples, plain decoding), ragkit's pipeline, the pipeline without constrained
+# decoding / without extra candidates / without repair, and with and without fine-tuning.
+#
+#   bash benchmarks/kgqa_ablations.sh               # stratified slices (PER_GRAPH questions per Spider graph, MOVIES_LIMIT movies questions)
+#   PER_GRAPH=0 bash benchmarks/kgqa_ablations.sh   # full dev sets (hours on a 2-core CPU)
+#   bash benchmarks/kgqa_ablations.sh full-dev      # the full Spider4SPARQL dev set, fine-tuned greedy pipeline, timed
+#
+# The fine-tuned rows need the adapter: bash benchmarks/finetune.sh train-fast (or train).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RAGKIT=${RAGKIT:-.venv/bin/ragkit}
+DATA=${DATA:-../shared/data}
+PER_GRAPH=${PER_GRAPH:-3}
+MOVIES_LIMIT=${MOVIES_LIMIT:-24}
+OUT=benchmarks/results
+A=benchmarks/pipelines/ablations
+mkdir -p "$OUT/predictions"
+
+if [ "${1:-}" = "full-dev" ]; then
+  start=$(date +%s)
+  "$RAGKIT" eval "$A/sparql_finetuned_greedy.yaml" --dataset "$DATA/spider4sparql" \
+    --predictions "$OUT/predictions/spider4sparql-full" --skip-answer --report "$OUT/kgqa_spider4sparql_full_dev.json"
+  echo "full Spider4SPARQL dev: $(( $(date +%s) - start )) s wall-clock (a resumed run counts only this part)"
+  exit 0
+fi
+
+slice=(); mslice=()
+if [ "$PER_GRAPH" != "0" ]; then slice=(--per-graph "$PER_GRAPH"); mslice=(--limit "$MOVIES_LIMIT"); fi
+sparql=(pipelines/baselines/sparql_schema_only.yaml pipelines/kgqa_sparql.yaml "$A/sparql_no_constraint.yaml"
+        "$A/sparql_no_candidates.yaml" "$A/sparql_no_repair.yaml")
+if [ -d adapters/spider4sparql-sparql-noex ]; then
+  sparql+=(pipelines/kgqa_sparql_finetuned.yaml "$A/sparql_finetuned_rag.yaml" "$A/sparql_finetuned_greedy.yaml")
+else
+  echo "no adapter in adapters/spider4sparql-sparql-noex: the fine-tuned rows are left out (bash benchmarks/finetune.sh train-fast)" >&2
+fi
+"$RAGKIT" eval "${sparql[@]}" --dataset "$DATA/spider4sparql" --predictions "$OUT/predictions/spider4sparql" \
+  "${slice[@]}" --skip-answer --report "$OUT/kgqa_ablations_spider4sparql.json"
+"$RAGKIT" eval pipelines/baselines/cypher_schema_only.yaml pipelines/kgqa_cypher.yaml "$A/cypher_no_constraint.yaml" \
+  --dataset "$DATA/movies" --predictions "$OUT/predictions/movies" "${mslice[@]}" --skip-answer \
+  --report "$OUT/kgqa_ablations_movies.json"

@@ -1,0 +1,342 @@
+"""Decoding constrained to the schema: where a query names a class, property, label, relationship
+type or property key, the model may only write one the schema has.
+
+A :class:`TermConstraint` knows, for a query language, where names start (``lib:`` in SPARQL,
+``(n:`` / ``[r:`` / ``n.`` in Cypher) and which names each place accepts. :class:`TermLogitsProcessor`
+applies it to a ``transformers`` generation: at every step it masks the tokens that would spell a
+name the schema lacks, over the model's own tokenizer, so a token that carries a name's end and the
+next character, or a whole ``:name``, is judged as a whole.
+
+Only the schema's own names are constrained: standard vocabularies (``rdf:``, ``rdfs:``, ``xsd:``),
+variables, literals and keywords are left to the model, and nothing inside a string literal is
+touched.
+
+Example:
+    >>> from ragkit.stores.base import GraphSchema, SchemaClass, SchemaProperty
+    >>> schema = GraphSchema(language="sparql", prefixes={"lib": "http://example.org/lib/"},
+    ...     classes=(SchemaClass(name="http://example.org/lib/Book"),),
+    ...     properties=(SchemaProperty(name="http://example.org/lib/author"),))
+    >>> c = TermConstraint.for_schema(schema)
+    >>> c.accepts("SELECT ?b WHERE { ?b a lib:Bo"), c.accepts("SELECT ?b WHERE { ?b lib:writer ?a }")
+    (True, False)
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ragkit.stores.base import GraphSchema
+
+__all__ = ["TermConstraint", "TermLogitsProcessor", "token_strings"]
+
+_STANDARD_NS = (
+    "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
+    "http://www.w3.org/2000/01/rdf-schema#",
+    "http://www.w3.org/2002/07/owl#",
+    "http://www.w3.org/2001/XMLSchema#",
+    "http://www.w3.org/2004/02/skos/core#",
+)
+_WINDOW = 96
+"""Characters of already generated text a name check looks back over (names are shorter)."""
+
+
+@dataclass
+class _Place:
+    """One kind of place where a name goes: a regex whose group ``name`` is the name written so far
+    (it must match at the end of the text for an open name), and the names allowed there."""
+
+    kind: str
+    pattern: re.Pattern[str]
+    names: list[str]  # sorted
+    name_chars: re.Pattern[str]
+    position: Callable[[str, int], bool] | None = None
+    """Whether a name starting at an offset of the text stands where a schema term goes (SPARQL:
+    a predicate or a class; subjects and objects may name instances)."""
+    _set: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._set = set(self.names)
+
+    def complete(self, name: str) -> bool:
+        return name in self._set
+
+    def prefix(self, partial: str) -> bool:
+        """Some allowed name starts with ``partial``."""
+        i = bisect.bisect_left(self.names, partial)
+        return i < len(self.names) and self.names[i].startswith(partial)
+
+    def next_chars(self, partial: str) -> set[str]:
+        """Characters that may follow ``partial`` inside an allowed name."""
+        out = set()
+        i = bisect.bisect_left(self.names, partial)
+        while i < len(self.names) and self.names[i].startswith(partial):
+            if len(self.names[i]) > len(partial):
+                out.add(self.names[i][len(partial)])
+            i += 1
+        return out
+
+
+class TermConstraint:
+    """Where a query's names go and which ones are allowed, for one schema.
+
+    Build it with :meth:`for_schema`. ``accepts(text)`` says whether a partial query names only
+    allowed terms (its last name may be unfinished); the logits processor uses the same rule.
+    """
+
+    def __init__(self, places: Sequence[_Place], triggers: str, strings: re.Pattern[str]) -> None:
+        self.places = list(places)
+        self.triggers = triggers
+        """Characters that can open a name: a token without one cannot start a new name."""
+        self._strings = strings
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def for_schema(cls, schema: GraphSchema) -> TermConstraint | None:
+        """The constraint for ``schema``'s language, or None when the schema names nothing to constrain."""
+        if schema.language == "sparql":
+            return cls._sparql(schema)
+        return cls._cypher(schema)
+
+    @classmethod
+    def _sparql(cls, schema: GraphSchema) -> TermConstraint | None:
+        by_prefix: dict[str, set[str]] = {}
+        for iri in schema.terms():
+            if iri.startswith(_STANDARD_NS):
+                continue
+            compact = schema.compact(iri)
+            if compact.startswith("<"):
+                continue
+            pfx, _, local = compact.partition(":")
+            by_prefix.setdefault(pfx, set()).add(local)
+        places = []
+        name_chars = re.compile(r"(?:[\w\-]|\\.?)*")
+        for pfx, names in by_prefix.items():
+            if schema.prefixes.get(pfx, "").startswith(_STANDARD_NS):
+                continue
+            # a prefixed name starts after a delimiter, never inside another name, IRI or variable;
+            # "PREFIX lib:" declares the prefix and is no name
+            pattern = re.compile(r"(?<![\w\\:?$<@.\-])(?<!PREFIX )(?<!prefix )" + re.escape(pfx) + r":(?P<name>(?:[\w\-]|\\.?)*)")
+            places.append(_Place(f"{pfx}:", pattern, sorted(names), name_chars, _sparql_term_position))
+        if not places:
+            return None
+        strings = re.compile(r'"(?:[^"\\\n]|\\.)*"?|\'(?:[^\'\\\n]|\\.)*\'?|<[^>\s]*>?|(?<!\\)#[^\n]*')
+        return cls(places, ":", strings)
+
+    @classmethod
+    def _cypher(cls, schema: GraphSchema) -> TermConstraint | None:
+        labels = sorted({c.name for c in schema.classes if re.fullmatch(r"\w+", c.name)})
+        rels = sorted({p.name for p in schema.properties if p.kind == "relationship" and re.fullmatch(r"\w+", p.name)})
+        keys = sorted({p.name for p in schema.properties if p.kind != "relationship" and re.fullmatch(r"\w+", p.name)})
+        word = re.compile(r"\w*")
+        places = []
+        if labels:
+            places.append(_Place("label", re.compile(r"\(\s*\w*\s*(?::\s*\w+\s*)*:\s*(?P<name>\w*)"), labels, word))
+        if rels:
+            places.append(_Place("relationship", re.compile(r"\[\s*\w*\s*:\s*(?:\w+\s*\|\s*:?\s*)*(?P<name>\w*)"), rels, word))
+        if keys:
+            # only after a variable the query bound in a pattern: ``date.truncate(`` is a function
+            places.append(_Place("property", re.compile(r"(?<![\w.$])(?P<var>[A-Za-z_]\w*)\.(?P<name>\w*)"), keys, word))
+        if not places:
+            return None
+        strings = re.compile(r'"(?:[^"\\\n]|\\.)*"?|\'(?:[^\'\\\n]|\\.)*\'?|`[^`]*`?|//[^\n]*')
+        return cls(places, ":.|", strings)
+
+    # -- checks -----------------------------------------------------------------------------------
+    def blank_literals(self, text: str) -> str:
+        """``text`` with string literals, IRIs and comments blanked (same length), so names inside
+        them are not seen."""
+        return self._strings.sub(lambda m: " " * len(m.group(0)), text)
+
+    def inside_literal(self, text: str) -> bool:
+        """True when ``text`` ends inside a string literal, IRI or comment (no name can start there)."""
+        return self.blank_literals(text + "\x00").endswith(" ")
+
+    @staticmethod
+    def bound_variables(text: str) -> set[str]:
+        """Variables a Cypher text binds in node or relationship patterns (``(p``, ``[r``)."""
+        return set(re.findall(r"[(\[]\s*([A-Za-z_]\w*)", text))
+
+    def _names(self, plain: str, start: int, bound: set[str] | None) -> Iterable[tuple[_Place, str, bool]]:
+        """Each name in ``plain`` (literals blanked) whose span ends at or after ``start``:
+        (place, name, open)."""
+        for place in self.places:
+            for m in place.pattern.finditer(plain):
+                if m.end() < start or (m.end() == m.start("name") and m.end() < len(plain)):
+                    continue
+                if "var" in m.groupdict() and m.group("var") not in (bound if bound is not None else self.bound_variables(plain)):
+                    continue
+                if place.position is not None and not place.position(plain, m.start()):
+                    continue
+                yield place, m.group("name"), m.end() == len(plain)
+
+    def accepts(self, text: str, start: int = 0, bound: set[str] | None = None) -> bool:
+        """True when every name in ``text`` ending at or after ``start`` is allowed (the last one,
+        if the text ends inside it, needs only to begin an allowed name). ``bound``: the Cypher
+        variables bound so far, when ``text`` is only the end of the query."""
+        plain = self.blank_literals(text)
+        for place, name, open_ in self._names(plain, start, bound):
+            if not (place.prefix(name) if open_ else place.complete(name)):
+                return False
+        return True
+
+    def open_name(self, text: str, bound: set[str] | None = None) -> tuple[_Place, str] | None:
+        """The name ``text`` ends inside, as (place, written so far), or None."""
+        plain = self.blank_literals(text)
+        for place, name, open_ in self._names(plain, max(0, len(plain) - 1), bound):
+            if open_:
+                return place, name
+        return None
+
+
+def _sparql_term_position(plain: str, start: int) -> bool:
+    """True when a prefixed name at ``start`` is a predicate (or a property path's member) or the
+    class after ``a``: the places where a query names the schema. Subjects, objects and names in
+    expressions may be instances, which no schema lists."""
+    cut = max(plain.rfind(ch, 0, start) for ch in "{}.;,")
+    segment = plain[cut + 1 : start]
+    if segment.count("(") > segment.count(")"):
+        return False  # inside FILTER(...), BIND(...), a function call
+    words = segment.split()
+    if cut >= 0 and plain[cut] == ",":
+        return False  # another object
+    if cut >= 0 and plain[cut] == ";":
+        return not words  # the next predicate
+    if segment[-1:] in ("/", "|", "^", "!"):
+        return True  # a property path goes on
+    # count the terms written right before: subject -> predicate -> object (text a small model
+    # writes need not have its braces, so keywords before the run are skipped rather than trusted)
+    run = 0
+    for w in reversed(words):
+        if not _TERM_WORD.fullmatch(w):
+            break
+        run += 1
+    if run == 0 and words and words[-1] == "a":
+        before = 0
+        for w in reversed(words[:-1]):
+            if not _TERM_WORD.fullmatch(w):
+                break
+            before += 1
+        return before % 3 == 1  # the class of ``?x a``
+    return run % 3 == 1
+
+
+_TERM_WORD = re.compile(r"[?$]\w+|<[^>\s]*>|[\w\-]*:\S*|\[\]|[\d.]+")
+
+
+def token_strings(tokenizer: Any) -> list[str]:
+    """What each token id adds to a text when appended (leading spaces kept, for SentencePiece
+    tokenizers too), as the generator's ``decode`` would show it."""
+    anchor = tokenizer.encode("a", add_special_tokens=False)
+    base = tokenizer.decode(anchor)
+    size = len(tokenizer)
+    texts = tokenizer.batch_decode([anchor + [i] for i in range(size)], skip_special_tokens=False)
+    return [t.removeprefix(base) for t in texts]
+
+
+class _Vocab:
+    """A tokenizer's token strings, indexed for the constraint (built once per tokenizer)."""
+
+    def __init__(self, strings: list[str], special: set[int]) -> None:
+        self.strings = strings
+        self.special = special
+        self.by_first: dict[str, list[int]] = {}
+        for i, s in enumerate(strings):
+            if s and i not in special:
+                self.by_first.setdefault(s[0], []).append(i)
+        self._triggered: dict[str, list[int]] = {}
+
+    def with_any(self, chars: str) -> list[int]:
+        if chars not in self._triggered:
+            self._triggered[chars] = [i for i, s in enumerate(self.strings) if i not in self.special and any(c in s for c in chars)]
+        return self._triggered[chars]
+
+
+_VOCABS: dict[int, _Vocab] = {}
+
+
+def _vocab(tokenizer: Any) -> _Vocab:
+    key = id(tokenizer)
+    if key not in _VOCABS:
+        _VOCABS[key] = _Vocab(token_strings(tokenizer), set(tokenizer.all_special_ids))
+    return _VOCABS[key]
+
+
+class TermLogitsProcessor:
+    """A ``transformers`` logits processor that keeps generated queries within ``constraint``.
+
+    Args:
+        constraint: the names allowed, from :meth:`TermConstraint.for_schema`.
+        tokenizer: the generating model's tokenizer.
+        prompt_length: tokens of the prompt in ``input_ids`` (only what follows is the query).
+        eos_ids: token ids that end the generation (allowed only outside an unfinished name).
+    """
+
+    def __init__(self, constraint: TermConstraint, tokenizer: Any, prompt_length: int, eos_ids: Iterable[int] = ()) -> None:
+        self.constraint = constraint
+        self.tokenizer = tokenizer
+        self.prompt_length = prompt_length
+        self.eos_ids = [i for i in eos_ids if i is not None]
+        self.vocab = _vocab(tokenizer)
+        self.masked_steps = 0
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        for row in range(input_ids.shape[0]):
+            text = self.tokenizer.decode(input_ids[row, self.prompt_length :].tolist(), skip_special_tokens=True)
+            banned = self._banned(text, scores.shape[-1])
+            if banned:
+                self.masked_steps += 1
+                idx = torch.tensor(banned, dtype=torch.long, device=scores.device)
+                scores[row].index_fill_(0, idx, float("-inf"))
+        return scores
+
+    def _banned(self, text: str, width: int) -> list[int]:
+        """Token ids that would make ``text`` name something the schema lacks."""
+        c, v = self.constraint, self.vocab
+        if c.inside_literal(text):
+            return []
+        plain = c.blank_literals(text)
+        bound = c.bound_variables(plain)
+        window = plain[-_WINDOW:]
+        start = len(window)
+        state = c.open_name(window, bound)
+        checked: set[int] = set()
+        banned: list[int] = []
+        # tokens that could open a name: judged by writing them out
+        for i in v.with_any(c.triggers):
+            if i < width:
+                checked.add(i)
+                if not c.accepts(window + v.strings[i], start, bound):
+                    banned.append(i)
+        if state is None:
+            return banned
+        place, partial = state
+        # inside a name: a token continues it, or ends it (only a complete name may end)
+        complete = place.complete(partial)
+        nexts = place.next_chars(partial)
+        for first, ids in v.by_first.items():
+            continuing = first in nexts
+            inside = place.name_chars.match(first).end() == len(first)  # type: ignore[union-attr]
+            if not continuing and not (complete and not inside):
+                banned.extend(i for i in ids if i < width and i not in checked)
+                continue
+            if not continuing:
+                continue  # ends a complete name; tokens that could open another were checked above
+            for i in ids:
+                if i >= width or i in checked:
+                    continue
+                s = v.strings[i]
+                whole = partial + s
+                run = place.name_chars.match(whole).end()  # type: ignore[union-attr]
+                ok = place.prefix(whole) if run == len(whole) else place.complete(whole[:run])
+                if not ok:
+                    banned.append(i)
+        if not complete:
+            banned.extend(i for i in self.eos_ids if i < width)
+            banned.extend(i for i in v.special if i < width and i not in self.eos_ids)
+        return banned

@@ -1,0 +1,63 @@
+"""Constrained decoding with the bundled model: the logits processor keeps a real model's queries to
+the schema's names, in greedy and beam search, and the query generator applies it by default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ragkit.models.base import ChatMessage
+from ragkit.models.llm import LocalLLM
+from ragkit.query.constrain import TermConstraint
+from ragkit.query.sparql import unknown_sparql_terms
+from ragkit.stages.querygen.sparql import SparqlQueryGenerator
+from ragkit.stages.schema.reader import GraphSchemaReader
+from ragkit.stores.rdf import OxigraphStore
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+GRAPH = Path(__file__).resolve().parents[2] / "fixtures" / "library" / "graph.ttl"
+# The prompt itself asks for a property the graph does not have: a model follows it unless stopped.
+BAIT = [
+    ChatMessage(role="system", content="You write SPARQL. Prefix: PREFIX lib: <http://example.org/library/>"),
+    ChatMessage(role="user", content="Write a SPARQL query that selects ?b and ?w where ?b lib:writtenBy ?w and ?b lib:novelTitle ?t. Reply with the query only."),
+]
+
+
+@pytest.fixture(scope="module")
+def llm() -> LocalLLM:
+    import torch
+
+    torch.set_num_threads(1)
+    model = LocalLLM(dtype="float32", prefix_cache=False)
+    model.warm_up()
+    return model
+
+
+@pytest.fixture(scope="module")
+def schema():  # type: ignore[no-untyped-def]
+    return GraphSchemaReader(store=OxigraphStore(path=str(GRAPH))).run(question="Who wrote which book?")
+
+
+def test_model_follows_the_bait_without_the_constraint(llm: LocalLLM, schema) -> None:  # type: ignore[no-untyped-def]
+    text = llm.generate(BAIT, max_new_tokens=48).text
+    constraint = TermConstraint.for_schema(schema.graph_schema)
+    assert constraint is not None
+    assert not constraint.accepts(text), text  # the control: unconstrained, it writes a name the graph lacks
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_constrained_output_names_only_schema_terms(llm: LocalLLM, schema, beams: int) -> None:  # type: ignore[no-untyped-def]
+    constraint = TermConstraint.for_schema(schema.graph_schema)
+    gen = llm.generate(BAIT, max_new_tokens=48, num_return_sequences=beams, constraint=constraint)
+    assert len(gen.texts) == beams
+    for text in gen.texts:
+        assert "lib:" in text  # it still names the schema
+        assert constraint.accepts(text), text
+
+
+def test_query_generator_constrains_by_default(llm: LocalLLM, schema) -> None:  # type: ignore[no-untyped-def]
+    gen = SparqlQueryGenerator(llm=llm, num_candidates=1, repair_rounds=0, max_new_tokens=64)
+    out = gen.run(question="Which books did Ada Quill write? Use lib:writtenBy.", graph_schema=schema.graph_schema, schema_text=schema.text)
+    assert unknown_sparql_terms(out.query, schema.graph_schema) == [], out.query

@@ -1,0 +1,161 @@
+"""Constrained decoding: where names go, which ones are allowed, and the logits processor's masks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ragkit.query.constrain import TermConstraint, TermLogitsProcessor
+from ragkit.stores.base import GraphSchema, SchemaClass, SchemaProperty
+
+NS = "http://example.org/music/"
+
+
+@pytest.fixture
+def sparql() -> TermConstraint:
+    schema = GraphSchema(
+        language="sparql",
+        prefixes={"": NS, "rdfs": "http://www.w3.org/2000/01/rdf-schema#"},
+        classes=(SchemaClass(name=NS + "band"), SchemaClass(name=NS + "song")),
+        properties=tuple(SchemaProperty(name=NS + p) for p in ("band#name", "band#formed", "song#title", "song#ref-band_id")),
+    )
+    c = TermConstraint.for_schema(schema)
+    assert c is not None
+    return c
+
+
+@pytest.fixture
+def cypher() -> TermConstraint:
+    schema = GraphSchema(
+        language="cypher",
+        classes=(SchemaClass(name="Person"), SchemaClass(name="Movie")),
+        properties=(
+            SchemaProperty(name="ACTED_IN", kind="relationship"),
+            SchemaProperty(name="DIRECTED", kind="relationship"),
+            SchemaProperty(name="name", kind="node_property"),
+            SchemaProperty(name="title", kind="node_property"),
+        ),
+    )
+    c = TermConstraint.for_schema(schema)
+    assert c is not None
+    return c
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("SELECT ?n WHERE { ?b a :band . ?b :band\\#name ?n }", True),
+        ("SELECT ?n WHERE { ?b a :ban", True),  # unfinished, and some name starts so
+        ("SELECT ?n WHERE { ?b a :bands . }", False),
+        ("SELECT ?n WHERE { ?b :band\\#nam ?n }", False),
+        ("SELECT ?n WHERE { ?b :band\\#height ?n }", False),
+        ("SELECT ?n WHERE { ?b :song\\#ref-band_id ?x }", True),
+        ("PREFIX : <http://example.org/music/>\nSELECT ?n WHERE { ?b rdfs:label ?n }", True),  # declaration; standard vocabulary
+        ('SELECT ?n WHERE { ?b rdfs:label "a :nonsense title" . }', True),  # inside a literal
+        ("SELECT ?n WHERE { ?b <http://example.org/music/other> ?n }", True),  # full IRIs are not prefixed names
+        ("SELECT ?n WHERE { :the_band :band\\#name ?n . ?s :song\\#ref-band_id :the_band , :other }", True),  # instances
+        ("SELECT ?n WHERE { ?b :band\\#name ?n ; :band\\#nope ?t }", False),  # after ';' a predicate
+        ("SELECT ?n WHERE { ?s :song\\#ref-band_id/:nope ?n }", False),  # a property path's member
+        ("SELECT ?n WHERE { ?b :band\\#name ?n FILTER(?n != :some_instance) }", True),
+    ],
+)
+def test_sparql_names(sparql: TermConstraint, text: str, ok: bool) -> None:
+    assert sparql.accepts(text) is ok
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("MATCH (p:Person)-[:ACTED_IN|DIRECTED]->(m:Movie {title: 'x'}) WHERE m.title > 'a' RETURN p.name", True),
+        ("MATCH (p:Actor) RETURN p", False),
+        ("MATCH (p:Person)-[r:WROTE]->(m) RETURN m", False),
+        ("MATCH (p:Person) RETURN p.born", False),
+        ("MATCH (p:Person) RETURN date.truncate('day', datetime())", True),  # not a bound variable: a function
+        ("MATCH (p:Person) WHERE p.name = 'a.b:Actor' RETURN p", True),
+        ("MATCH (p:Pers", True),
+    ],
+)
+def test_cypher_names(cypher: TermConstraint, text: str, ok: bool) -> None:
+    assert cypher.accepts(text) is ok
+
+
+def test_open_name(sparql: TermConstraint) -> None:
+    place, partial = sparql.open_name("SELECT ?n WHERE { ?b :band\\#na")
+    assert partial == "band\\#na" and place.complete("band\\#name")
+    assert sparql.open_name("SELECT ?n WHERE { ?b :band ") is None
+    assert sparql.inside_literal('FILTER(?n = "The :') and not sparql.inside_literal('FILTER(?n = "x") ')
+
+
+def test_nothing_to_constrain() -> None:
+    schema = GraphSchema(
+        language="sparql",
+        prefixes={"rdfs": "http://www.w3.org/2000/01/rdf-schema#"},
+        properties=(SchemaProperty(name="http://www.w3.org/2000/01/rdf-schema#label"),),
+    )
+    assert TermConstraint.for_schema(schema) is None
+
+
+class _Tokenizer:
+    """Just enough of a tokenizer: fixed pieces, joined by decode."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = ["<eos>", *pieces]
+        self.all_special_ids = [0]
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [self.pieces.index(text)]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return "".join("" if (i == 0 and skip_special_tokens) else self.pieces[i] for i in ids)
+
+    def batch_decode(self, batch: list[list[int]], skip_special_tokens: bool = False) -> list[str]:
+        return [self.decode(ids, skip_special_tokens) for ids in batch]
+
+
+PIECES = ["a", " ", "?b", " :", ":", "band", "ban", "d", "song", "s", "\\#", "name", "nam", "height", " .", " }", " :band", " :bands", "\\#name ?n", "e"]
+
+
+def _allowed(proc: TermLogitsProcessor, tok: _Tokenizer, text: str) -> set[str]:
+    ids = [tok.pieces.index(p) for p in _split(text, tok)]
+    scores = torch.zeros(1, len(tok))
+    out = proc(torch.tensor([[*ids]]), scores)
+    return {tok.pieces[i] for i in range(len(tok)) if out[0, i] > float("-inf")}
+
+
+def _split(text: str, tok: _Tokenizer) -> list[str]:
+    out, i = [], 0
+    while i < len(text):
+        p = max((p for p in tok.pieces[1:] if text.startswith(p, i)), key=len)
+        out.append(p)
+        i += len(p)
+    return out
+
+
+def test_processor_masks_tokens_that_misspell_a_name(sparql: TermConstraint) -> None:
+    tok = _Tokenizer(PIECES)
+    proc = TermLogitsProcessor(sparql, tok, prompt_length=0, eos_ids=[0])
+    # outside a name: anything, except a token that opens a name the schema lacks
+    allowed = _allowed(proc, tok, "?b a")
+    assert {" :band", " :", "band", " }"} <= allowed and " :bands" not in allowed
+    # inside a name: only continuations of a known name
+    allowed = _allowed(proc, tok, "?b a :ban")
+    assert "d" in allowed and not {"s", "e", " .", "<eos>"} & allowed
+    # a complete name may end (and an ending token is judged whole)
+    allowed = _allowed(proc, tok, "?b a :band")
+    assert {" .", " }", "\\#", "\\#name ?n", "<eos>"} <= allowed
+    assert "s" not in allowed and "height" not in allowed
+    allowed = _allowed(proc, tok, "?b a :band\\#")
+    assert {"name", "nam"} <= allowed and "height" not in allowed and " ." not in allowed
+    assert proc.masked_steps >= 3
+
+
+def test_processor_reads_only_the_generated_part(sparql: TermConstraint) -> None:
+    tok = _Tokenizer(PIECES)
+    prompt = [tok.pieces.index(" :bands")]  # a wrong name in the prompt is not the model's
+    proc = TermLogitsProcessor(sparql, tok, prompt_length=1, eos_ids=[0])
+    scores = proc(torch.tensor([[*prompt, tok.pieces.index("?b")]]), torch.zeros(1, len(tok)))
+    banned = {tok.pieces[i] for i in range(len(tok)) if scores[0, i] == float("-inf")}
+    assert banned == {" :bands"}  # only what would misspell a name next, not the prompt's own text
