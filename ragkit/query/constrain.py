@@ -12,7 +12,7 @@ variables, literals and keywords are left to the model, and nothing inside a str
 touched.
 
 Example:
-    >>> from ragkit.stores.base import GraphSchema, SchemaClass, SchemaProperty
+    >>> from ragkit.stores.base import GraphSchema, _local_name, SchemaClass, SchemaProperty
     >>> schema = GraphSchema(language="sparql", prefixes={"lib": "http://example.org/lib/"},
     ...     classes=(SchemaClass(name="http://example.org/lib/Book"),),
     ...     properties=(SchemaProperty(name="http://example.org/lib/author"),))
@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ragkit.stores.base import GraphSchema
+from ragkit.stores.base import GraphSchema, _local_name
 
 __all__ = ["TermConstraint", "TermLogitsProcessor", "token_strings"]
 
@@ -40,6 +40,7 @@ _STANDARD_NS = (
     "http://www.w3.org/2001/XMLSchema#",
     "http://www.w3.org/2004/02/skos/core#",
 )
+_SPARQL_NAME = re.compile(r"(?:[\w\-]|\\.?)*")
 _WINDOW = 96
 """Characters of already generated text a name check looks back over (names are shorter)."""
 
@@ -80,18 +81,37 @@ class _Place:
         return out
 
 
+@dataclass
+class _Context:
+    """What the whole query written so far says that a look at its end cannot: the Cypher variables
+    it binds, the SPARQL prefixes it declares."""
+
+    bound: set[str] = field(default_factory=set)
+    prefixes: dict[str, str] = field(default_factory=dict)
+
+
+_PREFIX_DECL = re.compile(r"(?i)\bPREFIX\s+([A-Za-z][\w\-.]*)?:\s*<([^>\s]*)>")
+
+
 class TermConstraint:
     """Where a query's names go and which ones are allowed, for one schema.
 
     Build it with :meth:`for_schema`. ``accepts(text)`` says whether a partial query names only
     allowed terms (its last name may be unfinished); the logits processor uses the same rule.
+    SPARQL names are read with the prefixes the query declares (then the schema's), so
+    ``PREFIX : <http://x/>`` followed by ``:a\\#b`` is checked as ``<http://x/a#b>``.
     """
 
-    def __init__(self, places: Sequence[_Place], triggers: str, strings: re.Pattern[str]) -> None:
+    def __init__(
+        self, places: Sequence[_Place], triggers: str, strings: re.Pattern[str], iris: Iterable[str] = (), prefixes: dict[str, str] | None = None
+    ) -> None:
         self.places = list(places)
         self.triggers = triggers
         """Characters that can open a name: a token without one cannot start a new name."""
         self._strings = strings
+        self._iris = sorted(set(iris))
+        self._prefixes = dict(prefixes or {})
+        self._sparql_places: dict[tuple[str, str], _Place | None] = {}
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -103,28 +123,39 @@ class TermConstraint:
 
     @classmethod
     def _sparql(cls, schema: GraphSchema) -> TermConstraint | None:
-        by_prefix: dict[str, set[str]] = {}
-        for iri in schema.terms():
-            if iri.startswith(_STANDARD_NS):
-                continue
-            compact = schema.compact(iri)
-            if compact.startswith("<"):
-                continue
-            pfx, _, local = compact.partition(":")
-            by_prefix.setdefault(pfx, set()).add(local)
-        places = []
-        name_chars = re.compile(r"(?:[\w\-]|\\.?)*")
-        for pfx, names in by_prefix.items():
-            if schema.prefixes.get(pfx, "").startswith(_STANDARD_NS):
-                continue
-            # a prefixed name starts after a delimiter, never inside another name, IRI or variable;
-            # "PREFIX lib:" declares the prefix and is no name
-            pattern = re.compile(r"(?<![\w\\:?$<@.\-])(?<!PREFIX )(?<!prefix )" + re.escape(pfx) + r":(?P<name>(?:[\w\-]|\\.?)*)")
-            places.append(_Place(f"{pfx}:", pattern, sorted(names), name_chars, _sparql_term_position))
-        if not places:
+        iris = [iri for iri in schema.terms() if not iri.startswith(_STANDARD_NS)]
+        if not iris:
             return None
         strings = re.compile(r'"(?:[^"\\\n]|\\.)*"?|\'(?:[^\'\\\n]|\\.)*\'?|<[^>\s]*>?|(?<!\\)#[^\n]*')
-        return cls(places, ":", strings)
+        return cls([], ":", strings, iris, schema.prefixes)
+
+    def _sparql_place(self, pfx: str, ns: str) -> _Place | None:
+        """The names ``pfx:`` may spell when it stands for ``ns``: the schema terms in ``ns``, as
+        prefixed-name local parts (``singer\\#age``); None when ``ns`` holds none of them."""
+        key = (pfx, ns)
+        if key not in self._sparql_places:
+            place = None
+            if ns and not ns.startswith(_STANDARD_NS):
+                i = bisect.bisect_left(self._iris, ns)
+                names = set()
+                while i < len(self._iris) and self._iris[i].startswith(ns):
+                    local = _local_name(self._iris[i][len(ns) :])
+                    if local is not None:
+                        names.add(local)
+                    i += 1
+                if names:
+                    # a prefixed name starts after a delimiter, never inside another name, IRI or
+                    # variable; "PREFIX lib:" declares the prefix and is no name
+                    pattern = re.compile(r"(?<![\w\\:?$<@.\-])(?<!PREFIX )(?<!prefix )" + re.escape(pfx) + r":(?P<name>(?:[\w\-]|\\.?)*)")
+                    place = _Place(f"{pfx}:", pattern, sorted(names), _SPARQL_NAME, _sparql_term_position)
+            self._sparql_places[key] = place
+        return self._sparql_places[key]
+
+    def _places(self, ctx: _Context) -> list[_Place]:
+        if not self._iris:
+            return self.places
+        prefixes = {**self._prefixes, **ctx.prefixes}
+        return [p for p in (self._sparql_place(pfx, ns) for pfx, ns in prefixes.items()) if p is not None]
 
     @classmethod
     def _cypher(cls, schema: GraphSchema) -> TermConstraint | None:
@@ -155,38 +186,40 @@ class TermConstraint:
         """True when ``text`` ends inside a string literal, IRI or comment (no name can start there)."""
         return self.blank_literals(text + "\x00").endswith(" ")
 
-    @staticmethod
-    def bound_variables(text: str) -> set[str]:
-        """Variables a Cypher text binds in node or relationship patterns (``(p``, ``[r``)."""
-        return set(re.findall(r"[(\[]\s*([A-Za-z_]\w*)", text))
+    def context(self, text: str) -> _Context:
+        """What the whole of ``text`` (a query so far) binds and declares."""
+        plain = self.blank_literals(text)
+        return _Context(bound=set(re.findall(r"[(\[]\s*([A-Za-z_]\w*)", plain)), prefixes={p or "": ns for p, ns in _PREFIX_DECL.findall(text)})
 
-    def _names(self, plain: str, start: int, bound: set[str] | None) -> Iterable[tuple[_Place, str, bool]]:
+    def _names(self, plain: str, start: int, ctx: _Context) -> Iterable[tuple[_Place, str, bool]]:
         """Each name in ``plain`` (literals blanked) whose span ends at or after ``start``:
         (place, name, open)."""
-        for place in self.places:
+        for place in self._places(ctx):
             for m in place.pattern.finditer(plain):
                 if m.end() < start or (m.end() == m.start("name") and m.end() < len(plain)):
                     continue
-                if "var" in m.groupdict() and m.group("var") not in (bound if bound is not None else self.bound_variables(plain)):
-                    continue
+                if "var" in m.groupdict() and m.group("var") not in ctx.bound:
+                    continue  # ``date.truncate(``: a function, not a variable's property
                 if place.position is not None and not place.position(plain, m.start()):
                     continue
                 yield place, m.group("name"), m.end() == len(plain)
 
-    def accepts(self, text: str, start: int = 0, bound: set[str] | None = None) -> bool:
+    def accepts(self, text: str, start: int = 0, context: _Context | None = None) -> bool:
         """True when every name in ``text`` ending at or after ``start`` is allowed (the last one,
-        if the text ends inside it, needs only to begin an allowed name). ``bound``: the Cypher
-        variables bound so far, when ``text`` is only the end of the query."""
+        if the text ends inside it, needs only to begin an allowed name). ``context``: from
+        :meth:`context` of the whole query, when ``text`` is only its end."""
         plain = self.blank_literals(text)
-        for place, name, open_ in self._names(plain, start, bound):
+        ctx = context if context is not None else self.context(text)
+        for place, name, open_ in self._names(plain, start, ctx):
             if not (place.prefix(name) if open_ else place.complete(name)):
                 return False
         return True
 
-    def open_name(self, text: str, bound: set[str] | None = None) -> tuple[_Place, str] | None:
+    def open_name(self, text: str, context: _Context | None = None) -> tuple[_Place, str] | None:
         """The name ``text`` ends inside, as (place, written so far), or None."""
         plain = self.blank_literals(text)
-        for place, name, open_ in self._names(plain, max(0, len(plain) - 1), bound):
+        ctx = context if context is not None else self.context(text)
+        for place, name, open_ in self._names(plain, max(0, len(plain) - 1), ctx):
             if open_:
                 return place, name
         return None
@@ -300,18 +333,17 @@ class TermLogitsProcessor:
         c, v = self.constraint, self.vocab
         if c.inside_literal(text):
             return []
-        plain = c.blank_literals(text)
-        bound = c.bound_variables(plain)
-        window = plain[-_WINDOW:]
+        ctx = c.context(text)
+        window = c.blank_literals(text)[-_WINDOW:]
         start = len(window)
-        state = c.open_name(window, bound)
+        state = c.open_name(window, ctx)
         checked: set[int] = set()
         banned: list[int] = []
         # tokens that could open a name: judged by writing them out
         for i in v.with_any(c.triggers):
             if i < width:
                 checked.add(i)
-                if not c.accepts(window + v.strings[i], start, bound):
+                if not c.accepts(window + v.strings[i], start, ctx):
                     banned.append(i)
         if state is None:
             return banned

@@ -159,3 +159,21 @@ def test_processor_reads_only_the_generated_part(sparql: TermConstraint) -> None
     scores = proc(torch.tensor([[*prompt, tok.pieces.index("?b")]]), torch.zeros(1, len(tok)))
     banned = {tok.pieces[i] for i in range(len(tok)) if scores[0, i] == float("-inf")}
     assert banned == {" :bands"}  # only what would misspell a name next, not the prompt's own text
+
+
+def test_sparql_names_are_read_with_the_prefixes_the_query_declares() -> None:
+    # the schema is rendered with per-class prefixes; a model trained on another style declares its own
+    schema = GraphSchema(
+        language="sparql",
+        prefixes={"ontop": NS, "band": NS + "band#"},
+        classes=(SchemaClass(name=NS + "band"),),
+        properties=(SchemaProperty(name=NS + "band#name"), SchemaProperty(name=NS + "band#formed")),
+    )
+    c = TermConstraint.for_schema(schema)
+    assert c is not None
+    assert c.accepts("SELECT ?n WHERE { ?b a ontop:band . ?b band:name ?n }")
+    assert not c.accepts("SELECT ?n WHERE { ?b band:nam ?n }")
+    declared = f"PREFIX : <{NS}>\nSELECT ?n WHERE {{ ?b a :band . ?b :band\\#formed ?n"
+    assert c.accepts(declared) and c.accepts(declared + "}")
+    assert not c.accepts(declared.replace("formed", "founded"))
+    assert c.accepts(f"PREFIX x: <http://elsewhere.org/>\nSELECT ?n WHERE {{ ?b x:anything ?n }}")  # no schema term there
