@@ -47,7 +47,7 @@ from ragkit.core.component import Component, Resource, resource_types, stage_typ
 from ragkit.core.pipeline import SPEC_VERSION, Pipeline
 from ragkit.errors import ConfigError, ConfigIssue
 
-__all__ = ["load_pipeline", "build_pipeline", "params_model"]
+__all__ = ["build_pipeline", "load_pipeline", "params_model"]
 
 Path_ = tuple[Any, ...]
 _ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
