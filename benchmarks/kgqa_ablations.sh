@@ -5,6 +5,7 @@
 #
 #   bash benchmarks/kgqa_ablations.sh               # stratified slices (PER_GRAPH questions per Spider graph, MOVIES_LIMIT movies questions)
 #   PER_GRAPH=0 bash benchmarks/kgqa_ablations.sh   # full dev sets (hours on a 2-core CPU)
+#   bash benchmarks/kgqa_ablations.sh spider|movies # one of the two tables
 #   bash benchmarks/kgqa_ablations.sh full-dev      # the full Spider4SPARQL dev set, fine-tuned greedy pipeline, timed
 #
 # The fine-tuned rows need the adapter: bash benchmarks/finetune.sh train-fast (or train).
@@ -18,7 +19,8 @@ OUT=benchmarks/results
 A=benchmarks/pipelines/ablations
 mkdir -p "$OUT/predictions"
 
-if [ "${1:-}" = "full-dev" ]; then
+what=${1:-all}
+if [ "$what" = "full-dev" ]; then
   start=$(date +%s)
   "$RAGKIT" eval "$A/sparql_finetuned_greedy.yaml" --dataset "$DATA/spider4sparql" \
     --predictions "$OUT/predictions/spider4sparql-full" --skip-answer --report "$OUT/kgqa_spider4sparql_full_dev.json"
@@ -35,8 +37,8 @@ if [ -d adapters/spider4sparql-sparql-noex ]; then
 else
   echo "no adapter in adapters/spider4sparql-sparql-noex: the fine-tuned rows are left out (bash benchmarks/finetune.sh train-fast)" >&2
 fi
-"$RAGKIT" eval "${sparql[@]}" --dataset "$DATA/spider4sparql" --predictions "$OUT/predictions/spider4sparql" \
+[ "$what" = "movies" ] || "$RAGKIT" eval "${sparql[@]}" --dataset "$DATA/spider4sparql" --predictions "$OUT/predictions/spider4sparql" \
   "${slice[@]}" --skip-answer --report "$OUT/kgqa_ablations_spider4sparql.json"
-"$RAGKIT" eval pipelines/baselines/cypher_schema_only.yaml pipelines/kgqa_cypher.yaml "$A/cypher_no_constraint.yaml" \
+[ "$what" = "spider" ] || "$RAGKIT" eval pipelines/baselines/cypher_schema_only.yaml pipelines/kgqa_cypher.yaml "$A/cypher_no_constraint.yaml" \
   --dataset "$DATA/movies" --predictions "$OUT/predictions/movies" "${mslice[@]}" --skip-answer \
   --report "$OUT/kgqa_ablations_movies.json"

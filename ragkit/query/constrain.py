@@ -54,9 +54,10 @@ class _Place:
     pattern: re.Pattern[str]
     names: list[str]  # sorted
     name_chars: re.Pattern[str]
-    position: Callable[[str, int], bool] | None = None
-    """Whether a name starting at an offset of the text stands where a schema term goes (SPARQL:
-    a predicate or a class; subjects and objects may name instances)."""
+    position: Callable[[str, int], str | None] | None = None
+    """Which kind of name stands at an offset of the text (SPARQL: ``property`` in a predicate's
+    place, ``class`` after ``a``, None for subjects and objects, which may name instances): the
+    place applies only where it gives this place's ``kind``."""
     _set: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -103,15 +104,21 @@ class TermConstraint:
     """
 
     def __init__(
-        self, places: Sequence[_Place], triggers: str, strings: re.Pattern[str], iris: Iterable[str] = (), prefixes: dict[str, str] | None = None
+        self,
+        places: Sequence[_Place],
+        triggers: str,
+        strings: re.Pattern[str],
+        classes: Iterable[str] = (),
+        properties: Iterable[str] = (),
+        prefixes: dict[str, str] | None = None,
     ) -> None:
         self.places = list(places)
         self.triggers = triggers
         """Characters that can open a name: a token without one cannot start a new name."""
         self._strings = strings
-        self._iris = sorted(set(iris))
+        self._iris = {"class": sorted(set(classes)), "property": sorted(set(properties))}
         self._prefixes = dict(prefixes or {})
-        self._sparql_places: dict[tuple[str, str], _Place | None] = {}
+        self._sparql_places: dict[tuple[str, str, str], _Place | None] = {}
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -123,39 +130,42 @@ class TermConstraint:
 
     @classmethod
     def _sparql(cls, schema: GraphSchema) -> TermConstraint | None:
-        iris = [iri for iri in schema.terms() if not iri.startswith(_STANDARD_NS)]
-        if not iris:
+        classes = [c.name for c in schema.classes if not c.name.startswith(_STANDARD_NS)]
+        props = [p.name for p in schema.properties if not p.name.startswith(_STANDARD_NS)]
+        if not classes and not props:
             return None
         strings = re.compile(r'"(?:[^"\\\n]|\\.)*"?|\'(?:[^\'\\\n]|\\.)*\'?|<[^>\s]*>?|(?<!\\)#[^\n]*')
-        return cls([], ":", strings, iris, schema.prefixes)
+        return cls([], ":", strings, classes, props, schema.prefixes)
 
-    def _sparql_place(self, pfx: str, ns: str) -> _Place | None:
-        """The names ``pfx:`` may spell when it stands for ``ns``: the schema terms in ``ns``, as
-        prefixed-name local parts (``singer\\#age``); None when ``ns`` holds none of them."""
-        key = (pfx, ns)
+    def _sparql_place(self, pfx: str, ns: str, kind: str) -> _Place | None:
+        """The ``kind`` names (class or property) ``pfx:`` may spell when it stands for ``ns``: the
+        schema's in ``ns``, as prefixed-name local parts (``singer\\#age``); None when ``ns``
+        holds none of the schema's terms (another vocabulary: left free)."""
+        key = (pfx, ns, kind)
         if key not in self._sparql_places:
             place = None
-            if ns and not ns.startswith(_STANDARD_NS):
-                i = bisect.bisect_left(self._iris, ns)
+            iris = self._iris[kind]
+            if ns and not ns.startswith(_STANDARD_NS) and any(_starts(v, ns) for v in self._iris.values()):
+                i = bisect.bisect_left(iris, ns)
                 names = set()
-                while i < len(self._iris) and self._iris[i].startswith(ns):
-                    local = _local_name(self._iris[i][len(ns) :])
+                while i < len(iris) and iris[i].startswith(ns):
+                    local = _local_name(iris[i][len(ns) :])
                     if local is not None:
                         names.add(local)
                     i += 1
-                if names:
-                    # a prefixed name starts after a delimiter, never inside another name, IRI or
-                    # variable; "PREFIX lib:" declares the prefix and is no name
-                    pattern = re.compile(r"(?<![\w\\:?$<@.\-])(?<!PREFIX )(?<!prefix )" + re.escape(pfx) + r":(?P<name>(?:[\w\-]|\\.?)*)")
-                    place = _Place(f"{pfx}:", pattern, sorted(names), _SPARQL_NAME, _sparql_term_position)
+                # A name in the schema's namespace must be one of its terms of that kind. It starts after
+                # a delimiter, never inside another name, IRI or variable; "PREFIX lib:" declares the
+                # prefix and is no name.
+                pattern = re.compile(r"(?<![\w\\:?$<@.\-])(?<!PREFIX )(?<!prefix )" + re.escape(pfx) + r":(?P<name>(?:[\w\-]|\\.?)*)")
+                place = _Place(kind, pattern, sorted(names), _SPARQL_NAME, _sparql_term_position)
             self._sparql_places[key] = place
         return self._sparql_places[key]
 
     def _places(self, ctx: _Context) -> list[_Place]:
-        if not self._iris:
+        if not any(self._iris.values()):
             return self.places
         prefixes = {**self._prefixes, **ctx.prefixes}
-        return [p for p in (self._sparql_place(pfx, ns) for pfx, ns in prefixes.items()) if p is not None]
+        return [p for p in (self._sparql_place(pfx, ns, kind) for pfx, ns in prefixes.items() for kind in self._iris) if p is not None]
 
     @classmethod
     def _cypher(cls, schema: GraphSchema) -> TermConstraint | None:
@@ -200,7 +210,7 @@ class TermConstraint:
                     continue
                 if "var" in m.groupdict() and m.group("var") not in ctx.bound:
                     continue  # ``date.truncate(``: a function, not a variable's property
-                if place.position is not None and not place.position(plain, m.start()):
+                if place.position is not None and place.position(plain, m.start()) != place.kind:
                     continue
                 yield place, m.group("name"), m.end() == len(plain)
 
@@ -225,21 +235,21 @@ class TermConstraint:
         return None
 
 
-def _sparql_term_position(plain: str, start: int) -> bool:
-    """True when a prefixed name at ``start`` is a predicate (or a property path's member) or the
-    class after ``a``: the places where a query names the schema. Subjects, objects and names in
-    expressions may be instances, which no schema lists."""
+def _sparql_term_position(plain: str, start: int) -> str | None:
+    """``property`` when a prefixed name at ``start`` is a predicate (or a property path's member),
+    ``class`` when it is the class after ``a`` or ``rdf:type``: the places where a query names the
+    schema. None for subjects, objects and names in expressions, which may be instances."""
     cut = max(plain.rfind(ch, 0, start) for ch in "{}.;,")
     segment = plain[cut + 1 : start]
     if segment.count("(") > segment.count(")"):
-        return False  # inside FILTER(...), BIND(...), a function call
+        return None  # inside FILTER(...), BIND(...), a function call
     words = segment.split()
     if cut >= 0 and plain[cut] == ",":
-        return False  # another object
+        return None  # another object
     if cut >= 0 and plain[cut] == ";":
-        return not words  # the next predicate
+        return None if words else "property"  # the next predicate
     if segment[-1:] in ("/", "|", "^", "!"):
-        return True  # a property path goes on
+        return "property"  # a property path goes on
     # count the terms written right before: subject -> predicate -> object (text a small model
     # writes need not have its braces, so keywords before the run are skipped rather than trusted)
     run = 0
@@ -253,8 +263,15 @@ def _sparql_term_position(plain: str, start: int) -> bool:
             if not _TERM_WORD.fullmatch(w):
                 break
             before += 1
-        return before % 3 == 1  # the class of ``?x a``
-    return run % 3 == 1
+        return "class" if before % 3 == 1 else None  # ``?x a``
+    if run % 3 == 2 and words[-1] == "rdf:type":
+        return "class"
+    return "property" if run % 3 == 1 else None
+
+
+def _starts(sorted_iris: list[str], ns: str) -> bool:
+    i = bisect.bisect_left(sorted_iris, ns)
+    return i < len(sorted_iris) and sorted_iris[i].startswith(ns)
 
 
 _TERM_WORD = re.compile(r"[?$]\w+|<[^>\s]*>|[\w\-]*:\S*|\[\]|[\d.]+")
@@ -322,6 +339,8 @@ class TermLogitsProcessor:
         for row in range(input_ids.shape[0]):
             text = self.tokenizer.decode(input_ids[row, self.prompt_length :].tolist(), skip_special_tokens=True)
             banned = self._banned(text, scores.shape[-1])
+            if len(set(banned)) >= scores.shape[-1]:
+                continue  # nothing would be left: the text went somewhere the schema cannot follow; leave it free
             if banned:
                 self.masked_steps += 1
                 idx = torch.tensor(banned, dtype=torch.long, device=scores.device)

@@ -105,6 +105,19 @@ def complete_triples(query: str) -> str:
     return _DANGLING.sub(" ", out).rstrip() if _DANGLING.search(out) else out
 
 
+def fix_variable_names(query: str) -> str:
+    """Variables written with a hyphen (``?T2_ref-owner_id``, from a local name such as
+    ``:dogs\\#ref-owner_id``) are not SPARQL: the hyphens become underscores, the same in every
+    occurrence. Outside strings only; ``?a-1`` and ``?a-?b`` (subtraction) are left alone."""
+
+    def fix(m: re.Match[str]) -> str:
+        return m.group(0).replace("-", "_")
+
+    parts = re.split(r'("(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\')', query)
+    return "".join(p if i % 2 else _HYPHEN_VAR.sub(fix, p) for i, p in enumerate(parts))
+
+
+_HYPHEN_VAR = re.compile(r"[?$]\w+(?:-[A-Za-z_]\w*)+")
 _empty_store: Any = None
 _empty_lock = threading.Lock()
 

@@ -1,6 +1,7 @@
 """Text-to-SPARQL with a local model, the schema, linked entities and retrieved few-shot examples.
 
-Replies are cleaned (code fences and trailing prose removed, braces balanced, a triple pattern
+Replies are cleaned (code fences and trailing prose removed, braces balanced, hyphens in variable
+names made underscores, a triple pattern
 without its object completed, a dangling GROUP/ORDER BY dropped, missing PREFIX lines added from the
 schema) and checked by the read-only guard, the SPARQL parser and a check that every
 projected variable is bound. See :mod:`ragkit.stages.querygen.base` for how candidates are made.
@@ -21,7 +22,7 @@ from __future__ import annotations
 from ragkit.core.component import register_stage
 from ragkit.errors import QueryError
 from ragkit.query.guard import check_read_only
-from ragkit.query.sparql import add_missing_prefixes, complete_triples, extract_query, parse_error, unbound_variables, unknown_sparql_terms
+from ragkit.query.sparql import add_missing_prefixes, complete_triples, extract_query, fix_variable_names, parse_error, unbound_variables, unknown_sparql_terms
 from ragkit.stages.querygen.base import QueryGenerator, unknown_terms_message
 from ragkit.stores.base import GraphSchema
 
@@ -54,7 +55,7 @@ class SparqlQueryGenerator(QueryGenerator):
     default_instructions = DEFAULT_SPARQL_INSTRUCTIONS
 
     def postprocess(self, text: str, schema: GraphSchema) -> str:
-        return add_missing_prefixes(complete_triples(extract_query(text)), schema.prefixes)
+        return add_missing_prefixes(complete_triples(fix_variable_names(extract_query(text))), schema.prefixes)
 
     def check(self, query: str, schema: GraphSchema) -> str | None:
         """Refused by the guard, unparseable, naming terms the schema lacks, or projecting unbound

@@ -57,6 +57,10 @@ def cypher() -> TermConstraint:
         ("SELECT ?n WHERE { ?b :band\\#name ?n ; :band\\#nope ?t }", False),  # after ';' a predicate
         ("SELECT ?n WHERE { ?s :song\\#ref-band_id/:nope ?n }", False),  # a property path's member
         ("SELECT ?n WHERE { ?b :band\\#name ?n FILTER(?n != :some_instance) }", True),
+        ("SELECT ?n WHERE { ?b a :band\\#name }", False),  # a property where a class goes
+        ("SELECT ?n WHERE { ?b :band ?n }", False),  # a class where a property goes
+        ("SELECT ?n WHERE { ?b rdf:type :song }", True),
+        ("SELECT ?n WHERE { ?b rdf:type :band\\#name }", False),
     ],
 )
 def test_sparql_names(sparql: TermConstraint, text: str, ok: bool) -> None:
@@ -145,9 +149,11 @@ def test_processor_masks_tokens_that_misspell_a_name(sparql: TermConstraint) -> 
     assert "d" in allowed and not {"s", "e", " .", "<eos>"} & allowed
     # a complete name may end (and an ending token is judged whole)
     allowed = _allowed(proc, tok, "?b a :band")
-    assert {" .", " }", "\\#", "\\#name ?n", "<eos>"} <= allowed
-    assert "s" not in allowed and "height" not in allowed
-    allowed = _allowed(proc, tok, "?b a :band\\#")
+    assert {" .", " }", "<eos>"} <= allowed
+    assert not {"s", "height", "\\#", "\\#name ?n"} & allowed  # after 'a' only classes
+    allowed = _allowed(proc, tok, "?b :band")  # a predicate: only properties
+    assert {"\\#", "\\#name ?n"} <= allowed and not {" .", " }", "<eos>"} & allowed
+    allowed = _allowed(proc, tok, "?b :band\\#")
     assert {"name", "nam"} <= allowed and "height" not in allowed and " ." not in allowed
     assert proc.masked_steps >= 3
 

@@ -219,3 +219,14 @@ from ragkit.query.sparql import complete_triples  # noqa: E402
 def test_complete_triples(body: str, fixed: str) -> None:
     assert complete_triples(P + body) == P + fixed
     assert parse_error(P + fixed) is None
+
+
+def test_hyphens_in_variable_names_become_underscores() -> None:
+    from ragkit.query.sparql import fix_variable_names
+
+    q = 'SELECT ?t2_ref-owner_id WHERE { ?t2 :dogs\\#ref-owner_id ?t2_ref-owner_id . FILTER(?a-1 > ?b-?c || ?n = "?x-y") }'
+    fixed = fix_variable_names(q)
+    assert fixed.count("?t2_ref_owner_id") == 2
+    assert ":dogs\\#ref-owner_id" in fixed  # names keep their hyphens
+    assert "?a-1" in fixed and "?b-?c" in fixed and '"?x-y"' in fixed  # subtraction and strings untouched
+    assert parse_error(fix_variable_names("SELECT ?a-b WHERE { ?s ?p ?a-b }")) is None
