@@ -12,7 +12,8 @@ variables, literals and keywords are left to the model, and nothing inside a str
 touched.
 
 Example:
-    >>> from ragkit.stores.base import GraphSchema, _local_name, SchemaClass, SchemaProperty
+    >>> from ragkit.query.sparql import _STANDARD_NS
+from ragkit.stores.base import GraphSchema, _local_name, SchemaClass, SchemaProperty
     >>> schema = GraphSchema(language="sparql", prefixes={"lib": "http://example.org/lib/"},
     ...     classes=(SchemaClass(name="http://example.org/lib/Book"),),
     ...     properties=(SchemaProperty(name="http://example.org/lib/author"),))
@@ -29,17 +30,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ragkit.query.sparql import _STANDARD_NS
 from ragkit.stores.base import GraphSchema, _local_name
 
 __all__ = ["TermConstraint", "TermLogitsProcessor", "token_strings"]
 
-_STANDARD_NS = (
-    "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
-    "http://www.w3.org/2000/01/rdf-schema#",
-    "http://www.w3.org/2002/07/owl#",
-    "http://www.w3.org/2001/XMLSchema#",
-    "http://www.w3.org/2004/02/skos/core#",
-)
 _SPARQL_NAME = re.compile(r"(?:[\w\-]|\\.?)*")
 _WINDOW = 96
 """Characters of already generated text a name check looks back over (names are shorter)."""
