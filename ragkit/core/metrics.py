@@ -48,6 +48,9 @@ class GenerationStats:
     """Tokens drafted for the model to check (speculative decoding only)."""
     accepted_tokens: int = 0
     """Drafted tokens the model accepted: each saved one sequential forward pass."""
+    forced_tokens: int = 0
+    """Steps where a decoding constraint ruled out the model's first choice (a sign the model was
+    heading for a name the schema lacks)."""
 
     @property
     def acceptance_rate(self) -> float | None:

@@ -547,7 +547,9 @@ class LocalLLM(LLM):
             from ragkit.query.constrain import TermLogitsProcessor
 
             eos_ids = _as_list(self._model.generation_config.eos_token_id)
-            kwargs["logits_processor"] = LogitsProcessorList([TermLogitsProcessor(constraint, self._tok, n_in, eos_ids)])
+            processor = TermLogitsProcessor(constraint, self._tok, n_in, eos_ids)
+            kwargs["logits_processor"] = LogitsProcessorList([processor])
+            kwargs["output_logits"] = True  # scored by the model's own distribution, not the masked one
         if stop and speculation is None:  # speculative steps check stop strings in the streamer instead
             kwargs.update(stop_strings=list(stop), tokenizer=self._tok)
         start = time.perf_counter()
@@ -582,7 +584,10 @@ class LocalLLM(LLM):
         seqs = out.sequences[:, n_in:]
         texts, scores, n_out = [], [], 0
         try:
-            trans = self._model.compute_transition_scores(out.sequences, out.scores, getattr(out, "beam_indices", None), normalize_logits=True)
+            # A constrained call is scored with the raw logits: a forced token keeps the low
+            # probability the model gave it, so ranking candidates by score still means likelihood.
+            step_scores = out.logits if constraint is not None and getattr(out, "logits", None) else out.scores
+            trans = self._model.compute_transition_scores(out.sequences, step_scores, getattr(out, "beam_indices", None), normalize_logits=True)
         except Exception:  # some decoding modes do not expose per-token scores
             trans = None
         eos = set(_as_list(self._model.generation_config.eos_token_id)) | {self._tok.pad_token_id}
@@ -606,6 +611,8 @@ class LocalLLM(LLM):
                 row = row[torch.isfinite(row)]
                 scores.append(float(row.mean()) if len(row) else 0.0)
         stats = GenerationStats(tokens_in=n_in * num_return_sequences, tokens_out=n_out, seconds=seconds, cached_tokens=reused)
+        if constraint is not None:
+            stats.forced_tokens = processor.forced
         if counter is not None and streamer is not None:
             stats.speculation = speculation
             stats.draft_tokens = counter.drafted(n_in - reused)

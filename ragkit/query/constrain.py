@@ -327,6 +327,8 @@ class TermLogitsProcessor:
         self.eos_ids = [i for i in eos_ids if i is not None]
         self.vocab = _vocab(tokenizer)
         self.masked_steps = 0
+        self.forced = 0
+        """Steps where the model's first choice was ruled out (for beams: per beam)."""
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
@@ -339,6 +341,8 @@ class TermLogitsProcessor:
             if banned:
                 self.masked_steps += 1
                 idx = torch.tensor(banned, dtype=torch.long, device=scores.device)
+                if bool((idx == int(scores[row].argmax())).any()):
+                    self.forced += 1
                 scores[row].index_fill_(0, idx, float("-inf"))
         return scores
 

@@ -68,6 +68,8 @@ class ScriptedLLM(LLM):
         responses: replies returned in turn (the last one repeats).
         rules: ``{substring: reply}``; the first rule whose substring occurs in the prompt wins over
             ``responses``.
+        seconds_per_token: a delay per reply word, to stand in for a slow model.
+        forced_tokens: what constrained calls report as forced steps.
 
     Example:
         >>> llm = ScriptedLLM(responses=["Paris."])
@@ -75,8 +77,12 @@ class ScriptedLLM(LLM):
         'Paris.'
     """
 
-    def __init__(self, responses: list[str] | None = None, rules: dict[str, str] | None = None, seconds_per_token: float = 0.0) -> None:
+    def __init__(
+        self, responses: list[str] | None = None, rules: dict[str, str] | None = None, seconds_per_token: float = 0.0, forced_tokens: int = 0
+    ) -> None:
         self.responses = list(responses or ["I don't know."])
+        self.forced_tokens = forced_tokens
+        """Reported as ``stats.forced_tokens`` of every constrained call (as if a constraint had overruled the model)."""
         self.rules = dict(rules or {})
         self.seconds_per_token = seconds_per_token
         self.prompts: list[str] = []
@@ -138,6 +144,8 @@ class ScriptedLLM(LLM):
             n_out += len(pieces)
             texts.append("".join(pieces))
         stats = GenerationStats(tokens_in=self.count_tokens(text), tokens_out=n_out, ttft=first, seconds=time.perf_counter() - start)
+        if constraint is not None:
+            stats.forced_tokens = self.forced_tokens
         record(stats)
         return Generation(texts=tuple(texts), scores=tuple(-0.1 * (i + 1) for i in range(len(texts))), stats=stats)
 

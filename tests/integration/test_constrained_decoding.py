@@ -55,6 +55,10 @@ def test_constrained_output_names_only_schema_terms(llm: LocalLLM, schema, beams
     for text in gen.texts:
         assert "lib:" in text  # it still names the schema
         assert constraint.accepts(text), text
+    if beams == 1:
+        assert gen.stats.forced_tokens > 0  # the model wanted lib:writtenBy: the constraint overruled it
+    # scores are the model's own log-probabilities (forced tokens keep their low ones): finite, below 0
+    assert all(-50 < s < 0 for s in gen.scores)
 
 
 def test_query_generator_constrains_by_default(llm: LocalLLM, schema) -> None:  # type: ignore[no-untyped-def]

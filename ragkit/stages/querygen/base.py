@@ -8,8 +8,9 @@ Small models otherwise copy the example's entity instead of the question's.
 Candidates are made lazily, cheapest first:
 
 1. one greedy query; if it is valid (guard, parser, schema checks) and, when a ``store`` is given,
-   returns rows, it is used and nothing more is generated;
-2. otherwise ``num_candidates`` beams;
+   returns rows, and the decoding constraint did not have to overrule the model on it, it is used
+   and nothing more is generated;
+2. otherwise ``num_candidates`` beams, ranked with it by validity, rows and the model's likelihood;
 3. otherwise up to ``repair_rounds`` rounds that show the model its best attempt with the typed
    error (or "returned no rows") and ask for a correction: a bounded loop inside the stage.
 
@@ -148,8 +149,10 @@ class QueryGenerator(Stage):
         constraint = TermConstraint.for_schema(graph_schema) if self.constrained else None
         candidates: list[QueryCandidate] = []
         seen: set[str] = set()
-        self._collect(messages, 1, graph_schema, candidates, seen, "greedy", constraint)
-        if not any(c.good for c in candidates) and self.num_candidates > 1:
+        forced = self._collect(messages, 1, graph_schema, candidates, seen, "greedy", constraint)
+        # Beams when the greedy query fails, and also when the constraint had to overrule the
+        # model on it: a query forced into the schema runs, but the model was unsure of it.
+        if (forced or not any(c.good for c in candidates)) and self.num_candidates > 1:
             self._collect(messages, self.num_candidates, graph_schema, candidates, seen, "beam", constraint)
         repairs = 0
         while repairs < self.repair_rounds and not any(c.good for c in candidates):
@@ -171,6 +174,7 @@ class QueryGenerator(Stage):
             rec.note("valid", sum(c.error is None for c in candidates))
             rec.note("repairs", repairs)
             rec.note("constrained", constraint is not None and self.llm.constrains_decoding)
+            rec.note("forced_tokens", forced)
         generated = GeneratedQuery(language=self.language, query=candidates[0].query, candidates=candidates)
         return QueryGenOutput(generated=generated, query=generated.query)
 
@@ -201,7 +205,9 @@ class QueryGenerator(Stage):
         seen: set[str],
         origin: str,
         constraint: TermConstraint | None = None,
-    ) -> None:
+    ) -> int:
+        """Generate ``n`` candidates, check and (with a store) execute them into ``out``; returns
+        the steps where the constraint overruled the model's first choice."""
         gen = self.llm.generate(messages, max_new_tokens=self.max_new_tokens, num_return_sequences=n, constraint=constraint)
         scores = list(gen.scores) + [0.0] * (len(gen.texts) - len(gen.scores))
         for text, score in zip(gen.texts, scores):
@@ -220,6 +226,7 @@ class QueryGenerator(Stage):
                 except (QueryError, StoreError) as e:
                     error = f"{type(e).__name__}: {e}"
             out.append(QueryCandidate(query=query, score=score, error=error, rows=rows, origin=origin))
+        return gen.stats.forced_tokens
 
 
 def unknown_terms_message(bad: list[str], known: dict[str, list[str]]) -> str:

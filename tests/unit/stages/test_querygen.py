@@ -424,3 +424,15 @@ def test_constraint_can_be_turned_off(schema: Any) -> None:
     llm = ScriptedLLM(responses=[GOOD])
     generate(SparqlQueryGenerator(llm=llm, store=TinyGraphStore(), constrained=False), schema)
     assert llm.constraints == [None]
+
+
+def test_beams_follow_a_greedy_query_the_constraint_had_to_force(schema: Any) -> None:
+    # the greedy query is good, but the constraint overruled the model on it: beams are tried too,
+    # and the likeliest good candidate wins (ScriptedLLM scores its replies -0.1, -0.2, ...)
+    llm = ScriptedLLM(responses=[GOOD, GOOD_BOB, GOOD], forced_tokens=2)
+    out = generate(SparqlQueryGenerator(llm=llm, store=TinyGraphStore(), num_candidates=2), schema)
+    assert len(llm.prompts) == 2 and {c.origin for c in out.generated.candidates} == {"greedy", "beam"}
+    # unforced, a good greedy query is enough
+    llm = ScriptedLLM(responses=[GOOD, GOOD_BOB])
+    generate(SparqlQueryGenerator(llm=llm, store=TinyGraphStore(), num_candidates=2), schema)
+    assert len(llm.prompts) == 1
