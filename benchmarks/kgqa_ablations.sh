@@ -35,7 +35,8 @@ if [ "$PER_GRAPH" != "0" ]; then slice=(--per-graph "$PER_GRAPH"); mslice=(--lim
 sparql=(pipelines/baselines/sparql_schema_only.yaml pipelines/kgqa_sparql.yaml)
 if [ -d adapters/spider4sparql-sparql-noex ]; then
   sparql+=(pipelines/kgqa_sparql_finetuned.yaml "$A/sparql_finetuned_no_constraint.yaml" "$A/sparql_finetuned_no_candidates.yaml"
-           "$A/sparql_finetuned_no_repair.yaml" "$A/sparql_finetuned_greedy.yaml" "$A/sparql_finetuned_rag.yaml")
+           "$A/sparql_finetuned_no_repair.yaml" "$A/sparql_finetuned_greedy.yaml" "$A/sparql_finetuned_greedy_no_constraint.yaml"
+           "$A/sparql_finetuned_rag.yaml")
 else
   echo "no adapter in adapters/spider4sparql-sparql-noex: the fine-tuned rows are left out (bash benchmarks/finetune.sh train-fast)" >&2
 fi
