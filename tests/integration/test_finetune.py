@@ -67,3 +67,18 @@ def test_adapter_for_another_base_model_is_refused(adapter: tuple[Path, list[dic
     (other / "ragkit_adapter.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="trained for base model"):
         LocalLLM(device="cpu", dtype="float32", adapter=str(other)).warm_up()
+
+
+def test_the_committed_adapter_fits_the_bundled_model() -> None:
+    """The adapter the README's figures come from loads on the bundled model and changes its output."""
+    from ragkit.models.adapters import model_fingerprint, read_adapter_meta
+    from ragkit.models.llm import LocalLLM, resolve_model_path
+
+    folder = Path(__file__).resolve().parents[2] / "adapters" / "spider4sparql-sparql-noex"
+    meta = read_adapter_meta(folder)
+    assert meta is not None and meta["language"] == "sparql"
+    assert meta["base_model"]["fingerprint"] == model_fingerprint(resolve_model_path(None))
+    prompt = "PREFIX : <http://example.org/>\nSELECT"
+    plain = LocalLLM(dtype="float32").generate(prompt, max_new_tokens=12).text
+    tuned = LocalLLM(dtype="float32", adapter=str(folder)).generate(prompt, max_new_tokens=12).text
+    assert tuned != plain
