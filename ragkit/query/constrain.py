@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import re
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -300,14 +301,15 @@ class _Vocab:
         return self._triggered[chars]
 
 
-_VOCABS: dict[int, _Vocab] = {}
+_VOCABS: weakref.WeakKeyDictionary[Any, _Vocab] = weakref.WeakKeyDictionary()
 
 
 def _vocab(tokenizer: Any) -> _Vocab:
-    key = id(tokenizer)
-    if key not in _VOCABS:
-        _VOCABS[key] = _Vocab(token_strings(tokenizer), set(tokenizer.all_special_ids))
-    return _VOCABS[key]
+    """The indexed vocabulary of ``tokenizer``, built once and dropped with the tokenizer."""
+    vocab = _VOCABS.get(tokenizer)
+    if vocab is None:
+        vocab = _VOCABS[tokenizer] = _Vocab(token_strings(tokenizer), set(tokenizer.all_special_ids))
+    return vocab
 
 
 class TermLogitsProcessor:
