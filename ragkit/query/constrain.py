@@ -248,21 +248,22 @@ def _sparql_term_position(plain: str, start: int) -> str | None:
         return "property"  # a property path goes on
     # count the terms written right before: subject -> predicate -> object (text a small model
     # writes need not have its braces, so keywords before the run are skipped rather than trusted)
+    run = _terms_before(words)
+    if run == 0 and words and words[-1] == "a":
+        return "class" if _terms_before(words[:-1]) % 3 == 1 else None  # ``?x a``
+    if run % 3 == 2 and words[-1] == "rdf:type":
+        return "class"
+    return "property" if run % 3 == 1 else None
+
+
+def _terms_before(words: list[str]) -> int:
+    """How many of the last ``words`` are terms (variables, IRIs, prefixed names, numbers) in a row."""
     run = 0
     for w in reversed(words):
         if not _TERM_WORD.fullmatch(w):
             break
         run += 1
-    if run == 0 and words and words[-1] == "a":
-        before = 0
-        for w in reversed(words[:-1]):
-            if not _TERM_WORD.fullmatch(w):
-                break
-            before += 1
-        return "class" if before % 3 == 1 else None  # ``?x a``
-    if run % 3 == 2 and words[-1] == "rdf:type":
-        return "class"
-    return "property" if run % 3 == 1 else None
+    return run
 
 
 def _starts(sorted_iris: list[str], ns: str) -> bool:
