@@ -6,7 +6,8 @@
 #   bash benchmarks/kgqa_ablations.sh               # stratified slices (PER_GRAPH questions per Spider graph, MOVIES_LIMIT movies questions)
 #   PER_GRAPH=0 bash benchmarks/kgqa_ablations.sh   # full dev sets (hours on a 2-core CPU)
 #   bash benchmarks/kgqa_ablations.sh spider|movies # one of the two tables
-#   bash benchmarks/kgqa_ablations.sh full-dev      # the full Spider4SPARQL dev set, fine-tuned greedy pipeline, timed
+#   bash benchmarks/kgqa_ablations.sh full-dev      # the full Spider4SPARQL dev set, fine-tuned greedy pipeline with the loop guard,
+#                                                   # CONCURRENCY questions at once (default 8), timed; SUFFIX names its outputs
 #
 # The fine-tuned rows need the adapter: bash benchmarks/finetune.sh train-fast (or train).
 set -euo pipefail
@@ -15,6 +16,9 @@ RAGKIT=${RAGKIT:-.venv/bin/ragkit}
 DATA=${DATA:-../shared/data}
 PER_GRAPH=${PER_GRAPH:-3}
 MOVIES_LIMIT=${MOVIES_LIMIT:-24}
+# full-dev: questions of a graph run at once, their queries decoded in batches (1: one at a time)
+CONCURRENCY=${CONCURRENCY:-8}
+SUFFIX=${SUFFIX:-}
 OUT=benchmarks/results
 A=benchmarks/pipelines/ablations
 mkdir -p "$OUT/predictions"
@@ -22,8 +26,8 @@ mkdir -p "$OUT/predictions"
 what=${1:-all}
 if [ "$what" = "full-dev" ]; then
   start=$(date +%s)
-  "$RAGKIT" eval "$A/sparql_finetuned_greedy.yaml" --dataset "$DATA/spider4sparql" \
-    --predictions "$OUT/predictions/spider4sparql-full" --skip-answer --report "$OUT/kgqa_spider4sparql_full_dev.json"
+  "$RAGKIT" eval "${FULL_DEV_PIPELINE:-$A/sparql_finetuned_fast.yaml}" --dataset "$DATA/spider4sparql" --concurrency "$CONCURRENCY" \
+    --predictions "$OUT/predictions/spider4sparql-full$SUFFIX" --skip-answer --report "$OUT/kgqa_spider4sparql_full_dev$SUFFIX.json"
   echo "full Spider4SPARQL dev: $(( $(date +%s) - start )) s wall-clock (a resumed run counts only this part)"
   exit 0
 fi

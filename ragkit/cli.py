@@ -295,6 +295,10 @@ def stages(show_resources: bool, as_json: bool) -> None:
     "--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
     help="KGQA: where items run: this process, or a Ray cluster ($RAY_ADDRESS, else a local one); same results.",
 )
+@click.option(
+    "--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
+    help="KGQA: items of a graph run at once in threads; the local model decodes their queries together in batches.",
+)
 @_guard
 def eval_cmd(
     pipeline_files: tuple[Path, ...],
@@ -313,6 +317,7 @@ def eval_cmd(
     region: str | None,
     grid_intensity: float | None,
     engine: str = "local",
+    concurrency: int = 1,
 ) -> None:
     """Evaluate one or more pipeline files on a dataset and print their figures side by side.
 
@@ -331,8 +336,10 @@ def eval_cmd(
     kind = dataset_kind(dataset)
     if len(pipeline_files) > 1 and predictions is not None and predictions.suffix == ".jsonl":
         raise UserError("with several pipelines, --predictions must be a folder")
-    if kind == "textqa" and (per_graph or graphs or skip_answer or engine != "local"):
-        raise UserError(f"{dataset} is a text QA folder: --per-graph, --graphs, --skip-answer and --engine apply to KGQA folders only")
+    if kind == "textqa" and (per_graph or graphs or skip_answer or engine != "local" or concurrency > 1):
+        raise UserError(
+            f"{dataset} is a text QA folder: --per-graph, --graphs, --skip-answer, --engine and --concurrency apply to KGQA folders only"
+        )
     for pf in pipeline_files:
         if not pf.is_file():
             raise UserError(f"pipeline file {pf} does not exist")
@@ -348,6 +355,7 @@ def eval_cmd(
         region=region,
         grid_g_per_kwh=grid_intensity,
         engine=engine,
+        concurrency=concurrency,
     )
     reports = []
     console = Console(stderr=True)

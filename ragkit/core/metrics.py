@@ -51,6 +51,9 @@ class GenerationStats:
     forced_tokens: int = 0
     """Steps where a decoding constraint ruled out the model's first choice (a sign the model was
     heading for a name the schema lacks)."""
+    batch_size: int = 1
+    """Prompts decoded together in the batch this call was part of (see ``LocalLLM(max_batch=...)``);
+    ``seconds`` is then the whole batch's time."""
 
     @property
     def acceptance_rate(self) -> float | None:
@@ -151,6 +154,8 @@ class StageRecorder:
         t.model_calls += 1
         t.draft_tokens += stats.draft_tokens
         t.accepted_tokens += stats.accepted_tokens
+        if stats.batch_size > 1:  # the largest batch a call of this stage was decoded in
+            t.extra["batch_size"] = max(int(t.extra.get("batch_size", 1)), stats.batch_size)
         if stats.ttft is not None:
             self._ttfts.append(stats.ttft)
             t.ttft = self._ttfts[0] if len(self._ttfts) == 1 else statistics.median(self._ttfts)

@@ -4,7 +4,9 @@ An evaluation is a list of :class:`GraphJob` objects, one per graph: the pipelin
 graph file, the few-shot bank built for that graph, and the items to run. An engine turns a job into
 one prediction row per item (see :func:`ragkit.eval.kgqa._run_one` for a row's fields).
 
-* :class:`LocalEngine` builds the pipeline once per graph and runs the items one after the other.
+* :class:`LocalEngine` builds the pipeline once per graph and runs the items one after the other,
+  or ``concurrency`` at a time in threads when every component of the pipeline is thread-safe; the
+  local model then decodes the queries of concurrent items together in batches (``LocalLLM(max_batch=...)``).
 * :class:`RayEngine` splits a job's items into chunks and runs each chunk as a Ray task that builds
   its own pipeline (a worker process keeps loaded model weights between tasks, so a model loads
   once per worker, not once per chunk). Rows come back as chunks finish; the evaluation writes
@@ -59,6 +61,8 @@ class GraphJob:
     """The working directory relative paths in the pipeline refer to."""
     adapters: dict[str, str] = field(default_factory=dict)
     """Per-resource LoRA adapter folders for these items (k-fold fine-tuned models)."""
+    concurrency: int = 1
+    """Items run at once, in threads (the pipeline's components must all be thread-safe)."""
 
 
 def run_job(job: GraphJob) -> list[dict[str, Any]]:
@@ -84,10 +88,37 @@ def _iter_job(job: GraphJob) -> Iterator[dict[str, Any]]:
         try:
             runner.warm_up()
             schema = kgqa._store_schema(pipe)
-            for it in job.items:
-                yield kgqa._run_one(runner, banks, it, job.gold_rows, schema)
+            if job.concurrency <= 1 or len(job.items) <= 1:
+                for it in job.items:
+                    yield kgqa._run_one(runner, banks, it, job.gold_rows, schema)
+            else:
+                yield from _run_concurrently(runner, banks, job, schema)
         finally:
             pipe.close()
+
+
+def check_concurrency(pipe: Any, concurrency: int, source: str) -> None:
+    """Refuse ``concurrency`` > 1 for a pipeline with a component not declared thread-safe."""
+    from ragkit.serve.runner import unsafe_components
+
+    unsafe = unsafe_components(pipe) if concurrency > 1 else []
+    if unsafe:
+        raise UserError(f"{source}: cannot run {concurrency} items at once: {', '.join(unsafe)} are not declared thread-safe (use --concurrency 1)")
+
+
+def _run_concurrently(runner: Any, banks: list[Any], job: GraphJob, schema: Any) -> Iterator[dict[str, Any]]:
+    import concurrent.futures
+
+    from ragkit.eval import kgqa
+
+    check_concurrency(runner, job.concurrency, job.source)
+    pool = concurrent.futures.ThreadPoolExecutor(job.concurrency, thread_name_prefix="ragkit-eval")
+    try:
+        futures = [pool.submit(kgqa._run_one, runner, banks, it, job.gold_rows, schema) for it in job.items]
+        for f in concurrent.futures.as_completed(futures):
+            yield f.result()  # rows come in the order items finish; the predictions file is keyed by id
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # an interrupt drops the items not started
 
 
 class Engine:

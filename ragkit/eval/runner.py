@@ -40,6 +40,8 @@ class EvalSettings:
     grid_g_per_kwh: float | None = None
     engine: str = "local"
     """KGQA items run ``local``-ly or on ``ray`` (:mod:`ragkit.eval.engines`)."""
+    concurrency: int = 1
+    """KGQA items of a graph run at once, in threads, their generations batched."""
 
 
 def dataset_kind(dataset: Path) -> str:
@@ -87,6 +89,7 @@ def _kgqa(pipeline_file: Path, dataset: Path, predictions: Path, s: EvalSettings
         skip_answer=s.skip_answer,
         progress=progress,
         engine=s.engine,
+        concurrency=s.concurrency,
     )
     out = rep.to_dict()
     out["metrics"] = {

@@ -14,7 +14,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ragkit.core.component import register_resource
 from ragkit.errors import MissingDependencyError, ModelError
@@ -55,6 +55,8 @@ class SentenceEmbedder(Embedder):
         >>> emb.dimension                              # known after warm_up()
         0
     """
+
+    thread_safe: ClassVar[bool] = True  # Encoding only reads the weights.
 
     def __init__(self, model: str | None = None, device: str = "auto", batch_size: int = 64) -> None:
         if batch_size < 1:

@@ -13,7 +13,9 @@ Options that make generation cheaper (see ``docs/generation.md`` for measurement
   the last n-gram's most recent earlier occurrence in the prompt (retrieved passages, mostly);
 * ``draft_model``: speculative decoding with a smaller model drafting for this one (different
   tokenizers are translated through text);
-* ``quantize: int8``: torch's dynamic int8 quantisation of every Linear layer, on CPU.
+* ``quantize: int8``: torch's dynamic int8 quantisation of every Linear layer, on CPU;
+* ``max_batch``: calls made at the same time from several threads (``ragkit serve --concurrency``,
+  ``ragkit eval --concurrency``) with the same settings are decoded together as one padded batch.
 
 Speculation never changes what greedy decoding returns beyond floating-point rounding (the target
 model checks every drafted token); the trace reports how many drafted tokens it accepted.
@@ -38,8 +40,9 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ragkit.core.component import register_resource
 from ragkit.core.metrics import GenerationStats, emit_token, is_streaming
@@ -233,6 +236,38 @@ def _stop_on_text(streamer: _TimingStreamer) -> Any:
     return _StopOnText()
 
 
+_LOOP_PERIOD = 32
+_LOOP_SPAN = 24
+
+
+def looping(ids: Sequence[int], repeats: int, max_period: int = _LOOP_PERIOD, min_span: int = _LOOP_SPAN) -> bool:
+    """True when ``ids`` ends with one block of 1 to ``max_period`` tokens written at least ``repeats``
+    times in a row, and over at least ``min_span`` tokens: a short block must come back more often
+    (``0`` four times is the number 10000 in a digit-by-digit tokenizer, not a loop)."""
+    n = len(ids)
+    for period in range(1, max_period + 1):
+        times = max(repeats, -(-min_span // period))
+        if period * times > n:
+            continue
+        block = list(ids[n - period :])
+        if all(list(ids[n - (k + 1) * period : n - k * period]) == block for k in range(1, times)):
+            return True
+    return False
+
+
+def _loop_guard(prompt_length: int, repeats: int) -> Any:
+    """A stopping criterion that ends each row whose generated tokens have started to loop (:func:`looping`)."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class _LoopGuard(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            rows = input_ids[:, prompt_length:].tolist()
+            return torch.tensor([looping(r, repeats) for r in rows], dtype=torch.bool, device=input_ids.device)
+
+    return _LoopGuard()
+
+
 class _ForwardCounter:
     """Records the input length of each forward call a model makes in this thread, while active.
 
@@ -337,6 +372,14 @@ class LocalLLM(LLM):
         adapter: a LoRA adapter folder written by ``ragkit finetune``, loaded on top of the model
             (refused when it was trained for another base model). See :mod:`ragkit.models.adapters`.
         merge_adapter: merge the adapter into the weights (as fast as the base model) or keep it apart.
+        max_batch: calls that arrive while the model is busy wait, and those with the same settings
+            (new tokens, stop strings, temperature, candidates; constrained or not) are decoded
+            together, up to this many prompts at once: on a CPU a batch of 8 gives several times the
+            tokens per second of one prompt. A call that finds the model idle starts at once. 1 decodes
+            one call at a time. Calls that stream to a listener or use speculative decoding are never batched.
+        max_repeats: end a sequence once its last tokens are one block of 1 to 32 tokens written this many
+            times in a row, over 24 tokens at least (see :func:`looping`): a small model decoding greedily can loop until ``max_new_tokens``, and in a
+            batch every other prompt waits for it. 0 (default) turns it off. Single sequences only (not beams).
 
     Speculative decoding applies to single-sequence generation; beams decode as usual.
 
@@ -349,6 +392,7 @@ class LocalLLM(LLM):
     """
 
     constrains_decoding = True
+    thread_safe: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -364,7 +408,13 @@ class LocalLLM(LLM):
         quantize: Literal["none", "int8"] = "none",
         adapter: str | None = None,
         merge_adapter: bool = True,
+        max_batch: int = 8,
+        max_repeats: int = 0,
     ) -> None:
+        if max_repeats < 0 or max_repeats == 1:
+            raise ValueError("max_repeats must be 0 (off) or at least 2 (a block seen that many times in a row ends the sequence)")
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1 (1 decodes one call at a time)")
         if prompt_lookup_tokens is not None and prompt_lookup_tokens < 1:
             raise ValueError("prompt_lookup_tokens must be at least 1 (or unset to turn prompt lookup off)")
         if prompt_lookup_ngram < 1 or draft_tokens < 1:
@@ -389,6 +439,9 @@ class LocalLLM(LLM):
         self.draft_model = draft_model
         self.draft_tokens = draft_tokens
         self.quantize = quantize
+        self.max_batch = max_batch
+        self.max_repeats = max_repeats
+        self._batcher = _Batcher(self._run_batch, max_batch)
         self._model: Any = None
         self._tok: Any = None
         self._draft: Any = None
@@ -516,82 +569,66 @@ class LocalLLM(LLM):
         stream: bool = False,
         constraint: TermConstraint | None = None,
     ) -> Generation:
-        import torch
-
         self.warm_up()
-        text = prompt if isinstance(prompt, str) else self.render(prompt)
-        enc = self._tok(text, return_tensors="pt", add_special_tokens=False, return_token_type_ids=False).to(self._model.device)
-        n_in = int(enc["input_ids"].shape[1])
-        if n_in + max_new_tokens > self.context_window:
-            max_new_tokens = max(1, self.context_window - n_in)
-        sample = temperature > 0
+        req = _Request(
+            text=prompt if isinstance(prompt, str) else self.render(prompt),
+            max_new_tokens=max_new_tokens,
+            stop=tuple(stop),
+            temperature=temperature,
+            num_return_sequences=num_return_sequences,
+            constraint=constraint,
+            forward=stream and is_streaming(),  # the listener belongs to this thread's run
+        )
+        speculative = self.speculation is not None and num_return_sequences == 1 and constraint is None
+        if self.max_batch > 1 and not speculative and not req.forward:
+            gen = self._batcher.submit(req)
+        else:
+            gen = self._generate_one(req)
+        record(gen.stats)  # in the caller's thread: its pipeline's trace
+        return gen
+
+    def _run_batch(self, batch: list[_Request]) -> list[Generation]:
+        return [self._generate_one(batch[0])] if len(batch) == 1 else self._generate_many(batch)
+
+    def _kwargs(self, req: _Request, max_new_tokens: int) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_new_tokens,
-            "do_sample": sample,
-            "num_return_sequences": num_return_sequences,
+            "do_sample": req.temperature > 0,
+            "num_return_sequences": req.num_return_sequences,
             "pad_token_id": self._tok.pad_token_id,
             "return_dict_in_generate": True,
             "output_scores": True,
         }
-        if sample:
-            kwargs.update(temperature=temperature, top_p=0.95)
+        if req.temperature > 0:
+            kwargs.update(temperature=req.temperature, top_p=0.95)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        if num_return_sequences > 1 and not sample:
-            kwargs["num_beams"] = num_return_sequences
-        # speculative steps would verify drafts the constraint never saw: constrained calls decode plainly
-        speculation = self.speculation if num_return_sequences == 1 and constraint is None else None
-        if constraint is not None:
-            from transformers import LogitsProcessorList
+        if req.num_return_sequences > 1 and req.temperature <= 0:
+            kwargs["num_beams"] = req.num_return_sequences
+        return kwargs
 
-            from ragkit.query.constrain import TermLogitsProcessor
+    def _constrain(self, kwargs: dict[str, Any], processor: Any) -> None:
+        from transformers import LogitsProcessorList
 
-            eos_ids = _as_list(self._model.generation_config.eos_token_id)
-            processor = TermLogitsProcessor(constraint, self._tok, n_in, eos_ids)
-            kwargs["logits_processor"] = LogitsProcessorList([processor])
-            kwargs["output_logits"] = True  # scored by the model's own distribution, not the masked one
-        if stop and speculation is None:  # speculative steps check stop strings in the streamer instead
-            kwargs.update(stop_strings=list(stop), tokenizer=self._tok)
-        start = time.perf_counter()
-        streamer = None
-        reused = 0
-        if num_return_sequences == 1:
-            streamer = _TimingStreamer(self._tok, start, forward=stream and is_streaming(), stop=stop if speculation else ())
-            kwargs["streamer"] = streamer
-            # transformers' assisted decoding feeds the whole prompt on its first step even when a
-            # cache holds part of it, so a speculative call starts without one (it still stores its own).
-            if self.prefix_cache and speculation is None:
-                reused, cache = self._prefix_lookup(enc["input_ids"][0].tolist())
-                if cache is not None:
-                    kwargs["past_key_values"] = cache
-        if speculation is not None:
-            assert streamer is not None
-            kwargs.update(self._speculation_kwargs())
-            if stop:
-                from transformers import StoppingCriteriaList
+        kwargs["logits_processor"] = LogitsProcessorList([processor])
+        kwargs["output_logits"] = True  # scored by the model's own distribution, not the masked one
 
-                kwargs["stopping_criteria"] = StoppingCriteriaList([_stop_on_text(streamer)])
-        counter = _ForwardCounter(self._model) if speculation is not None else None
-        with torch.inference_mode():
-            if counter is not None:
-                with counter:
-                    out = self._model.generate(**enc, **kwargs)
-            else:
-                out = self._model.generate(**enc, **kwargs)
-        if num_return_sequences == 1 and self.prefix_cache and getattr(out, "past_key_values", None) is not None:
-            self._prefix_store(enc["input_ids"][0].tolist(), out.past_key_values)
-        seconds = time.perf_counter() - start
-        seqs = out.sequences[:, n_in:]
-        texts, scores, n_out = [], [], 0
+    def _transition_scores(self, out: Any, constrained: bool) -> Any:
         try:
             # A constrained call is scored with the raw logits: a forced token keeps the low
             # probability the model gave it, so ranking candidates by score still means likelihood.
-            step_scores = out.logits if constraint is not None and getattr(out, "logits", None) else out.scores
-            trans = self._model.compute_transition_scores(out.sequences, step_scores, getattr(out, "beam_indices", None), normalize_logits=True)
+            step_scores = out.logits if constrained and getattr(out, "logits", None) else out.scores
+            return self._model.compute_transition_scores(out.sequences, step_scores, getattr(out, "beam_indices", None), normalize_logits=True)
         except Exception:  # some decoding modes do not expose per-token scores
-            trans = None
+            return None
+
+    def _decode(self, seqs: list[list[int]], trans: Any, stop: Sequence[str], speculation: str | None = None) -> tuple[list[str], list[float], int]:
+        """Texts, mean log-probabilities and output-token count of generated rows (prompt removed)."""
+        import torch
+
         eos = set(_as_list(self._model.generation_config.eos_token_id)) | {self._tok.pad_token_id}
-        for i, seq in enumerate(seqs.tolist()):
+        texts, scores, n_out = [], [], 0
+        for i, seq in enumerate(seqs):
             length = next((j for j, t in enumerate(seq) if t in eos), len(seq))
             ended = length < len(seq)
             if speculation is not None and stop:
@@ -610,6 +647,60 @@ class LocalLLM(LLM):
                 row = trans[i][:length].float()
                 row = row[torch.isfinite(row)]
                 scores.append(float(row.mean()) if len(row) else 0.0)
+        return texts, scores, n_out
+
+    def _generate_one(self, req: _Request) -> Generation:
+        import torch
+
+        enc = self._tok(req.text, return_tensors="pt", add_special_tokens=False, return_token_type_ids=False).to(self._model.device)
+        n_in = int(enc["input_ids"].shape[1])
+        num_return_sequences, constraint, stop = req.num_return_sequences, req.constraint, req.stop
+        kwargs = self._kwargs(req, max(1, min(req.max_new_tokens, self.context_window - n_in)))
+        # speculative steps would verify drafts the constraint never saw: constrained calls decode plainly
+        speculation = self.speculation if num_return_sequences == 1 and constraint is None else None
+        if constraint is not None:
+            from ragkit.query.constrain import TermLogitsProcessor
+
+            processor = TermLogitsProcessor(constraint, self._tok, n_in, _as_list(self._model.generation_config.eos_token_id))
+            self._constrain(kwargs, processor)
+        if stop and speculation is None:  # speculative steps check stop strings in the streamer instead
+            kwargs.update(stop_strings=list(stop), tokenizer=self._tok)
+        start = time.perf_counter()
+        streamer = None
+        reused = 0
+        if num_return_sequences == 1:
+            streamer = _TimingStreamer(self._tok, start, forward=req.forward, stop=stop if speculation else ())
+            kwargs["streamer"] = streamer
+            # transformers' assisted decoding feeds the whole prompt on its first step even when a
+            # cache holds part of it, so a speculative call starts without one (it still stores its own).
+            if self.prefix_cache and speculation is None:
+                reused, cache = self._prefix_lookup(enc["input_ids"][0].tolist())
+                if cache is not None:
+                    kwargs["past_key_values"] = cache
+        criteria = []
+        if speculation is not None:
+            assert streamer is not None
+            kwargs.update(self._speculation_kwargs())
+            if stop:
+                criteria.append(_stop_on_text(streamer))
+        if self.max_repeats and num_return_sequences == 1:
+            criteria.append(_loop_guard(n_in, self.max_repeats))
+        if criteria:
+            from transformers import StoppingCriteriaList
+
+            kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
+        counter = _ForwardCounter(self._model) if speculation is not None else None
+        with torch.inference_mode():
+            if counter is not None:
+                with counter:
+                    out = self._model.generate(**enc, **kwargs)
+            else:
+                out = self._model.generate(**enc, **kwargs)
+        if num_return_sequences == 1 and self.prefix_cache and getattr(out, "past_key_values", None) is not None:
+            self._prefix_store(enc["input_ids"][0].tolist(), out.past_key_values)
+        seconds = time.perf_counter() - start
+        trans = self._transition_scores(out, constraint is not None)
+        texts, scores, n_out = self._decode(out.sequences[:, n_in:].tolist(), trans, stop, speculation)
         stats = GenerationStats(tokens_in=n_in * num_return_sequences, tokens_out=n_out, seconds=seconds, cached_tokens=reused)
         if constraint is not None:
             stats.forced_tokens = processor.forced
@@ -623,8 +714,59 @@ class LocalLLM(LLM):
             stats.inter_token = [b - a for a, b in zip(streamer.times, streamer.times[1:])]
         else:
             stats.ttft = seconds if n_out else None
-        record(stats)
         return Generation(texts=tuple(texts), scores=tuple(scores), stats=stats)
+
+    def _generate_many(self, batch: list[_Request]) -> list[Generation]:
+        """Several prompts with the same settings decoded as one left-padded batch."""
+        import torch
+
+        head = batch[0]
+        width = head.num_return_sequences
+        ids = [self._tok(r.text, add_special_tokens=False)["input_ids"] for r in batch]
+        longest = max(len(x) for x in ids)
+        pad = self._tok.pad_token_id if self._tok.pad_token_id is not None else _as_list(self._model.generation_config.eos_token_id)[0]
+        input_ids = torch.tensor([[pad] * (longest - len(x)) + x for x in ids], device=self._model.device)
+        mask = torch.tensor([[0] * (longest - len(x)) + [1] * len(x) for x in ids], device=self._model.device)
+        kwargs = self._kwargs(head, max(1, min(head.max_new_tokens, self.context_window - longest)))
+        kwargs["pad_token_id"] = pad
+        procs: list[Any] = [None] * len(batch)
+        if head.constraint is not None:
+            from ragkit.query.constrain import TermLogitsProcessor
+
+            eos_ids = _as_list(self._model.generation_config.eos_token_id)
+            procs = [TermLogitsProcessor(r.constraint, self._tok, longest, eos_ids) if r.constraint is not None else None for r in batch]
+            self._constrain(kwargs, _PerPrompt(procs, width))
+        if head.stop:
+            kwargs.update(stop_strings=list(head.stop), tokenizer=self._tok)
+        if self.max_repeats and width == 1:
+            from transformers import StoppingCriteriaList
+
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_loop_guard(longest, self.max_repeats)])
+        clock = _StepClock() if width == 1 else None  # transformers streams single sequences only, not beams
+        if clock is not None:
+            kwargs["streamer"] = clock
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self._model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+        seconds = time.perf_counter() - start
+        trans = self._transition_scores(out, head.constraint is not None)
+        rows = out.sequences[:, longest:].tolist()
+        gens = []
+        for i, (req, prompt_ids) in enumerate(zip(batch, ids)):
+            a = i * width
+            texts, scores, n_out = self._decode(rows[a : a + width], trans[a : a + width] if trans is not None else None, req.stop)
+            stats = GenerationStats(tokens_in=len(prompt_ids) * width, tokens_out=n_out, seconds=seconds, batch_size=len(batch))
+            if procs[i] is not None:
+                stats.forced_tokens = procs[i].forced
+            if clock is not None and clock.times and n_out:
+                # every prompt of the batch gets its tokens at the batch's steps
+                stats.ttft = clock.times[0] - start
+                mine = clock.times[:n_out]
+                stats.inter_token = [b - a for a, b in zip(mine, mine[1:])]
+            else:
+                stats.ttft = seconds if n_out else None
+            gens.append(Generation(texts=tuple(texts), scores=tuple(scores), stats=stats))
+        return gens
 
     def _speculation_kwargs(self) -> dict[str, Any]:
         if self.prompt_lookup_tokens is not None:
@@ -632,6 +774,101 @@ class LocalLLM(LLM):
         if self._same_vocab:
             return {"assistant_model": self._draft}
         return {"assistant_model": self._draft, "tokenizer": self._tok, "assistant_tokenizer": self._draft_tok}
+
+
+
+@dataclass
+class _Request:
+    """One :meth:`LocalLLM.generate` call, as the batcher sees it."""
+
+    text: str
+    max_new_tokens: int
+    stop: tuple[str, ...]
+    temperature: float
+    num_return_sequences: int
+    constraint: Any
+    forward: bool
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """Calls with equal keys can share a batch."""
+        return (self.max_new_tokens, self.stop, self.temperature, self.num_return_sequences, self.constraint is not None)
+
+
+class _Batcher:
+    """Collects the calls that arrive while the model is busy and runs them in batches.
+
+    The first caller to find the model idle leads: it takes the oldest waiting call and every other
+    waiting call with the same key (up to ``max_batch``), runs them, hands each caller its result and
+    wakes the rest. A lone caller therefore starts at once; under load the batches fill up by themselves.
+    """
+
+    def __init__(self, run: Any, max_batch: int) -> None:
+        self._run = run
+        self.max_batch = max_batch
+        self._cond = threading.Condition()
+        self._queue: list[_Request] = []
+        self._busy = False
+        self._results: dict[int, Any] = {}
+
+    def submit(self, req: _Request) -> Generation:
+        with self._cond:
+            self._queue.append(req)
+        while True:
+            with self._cond:
+                while id(req) not in self._results and self._busy:
+                    self._cond.wait()
+                if id(req) in self._results:
+                    result = self._results.pop(id(req))
+                    if isinstance(result, BaseException):
+                        raise result
+                    return result  # type: ignore[no-any-return]
+                self._busy = True
+                key = self._queue[0].key
+                batch = [r for r in self._queue if r.key == key][: self.max_batch]
+                self._queue = [r for r in self._queue if not any(r is b for b in batch)]
+            outcome: list[Any]
+            try:
+                outcome = list(self._run(batch))
+            except BaseException as e:  # every caller of the batch gets the error, none waits forever
+                outcome = [e] * len(batch)
+            with self._cond:
+                for r, o in zip(batch, outcome):
+                    self._results[id(r)] = o
+                self._busy = False
+                self._cond.notify_all()
+
+
+class _PerPrompt:
+    """A logits processor that applies each prompt's own processor to that prompt's rows of a batch."""
+
+    def __init__(self, processors: list[Any], width: int) -> None:
+        self.processors = processors
+        self.width = width
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        for i, proc in enumerate(self.processors):
+            if proc is not None:
+                a = i * self.width
+                proc(input_ids[a : a + self.width], scores[a : a + self.width])  # scores rows are views: changed in place
+        return scores
+
+
+class _StepClock:
+    """A streamer that only notes when each decoding step of a batch ends."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:  # generate() first hands over the prompt itself
+            self._prompt_seen = True
+            return
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
 
 
 def _stop_length(tok: Any, ids: list[int], stop: Sequence[str]) -> int | None:

@@ -295,11 +295,18 @@ class _Vocab:
             if s and i not in special:
                 self.by_first.setdefault(s[0], []).append(i)
         self._triggered: dict[str, list[int]] = {}
+        self._untriggered: dict[str, dict[str, list[int]]] = {}
 
     def with_any(self, chars: str) -> list[int]:
         if chars not in self._triggered:
             self._triggered[chars] = [i for i, s in enumerate(self.strings) if i not in self.special and any(c in s for c in chars)]
         return self._triggered[chars]
+
+    def by_first_without(self, chars: str) -> dict[str, list[int]]:
+        """:attr:`by_first` less the tokens holding any of ``chars`` (those are judged one by one)."""
+        if chars not in self._untriggered:
+            self._untriggered[chars] = {f: [i for i in ids if not any(c in self.strings[i] for c in chars)] for f, ids in self.by_first.items()}
+        return self._untriggered[chars]
 
 
 _VOCABS: weakref.WeakKeyDictionary[Any, _Vocab] = weakref.WeakKeyDictionary()
@@ -328,6 +335,7 @@ class TermLogitsProcessor:
         self.tokenizer = tokenizer
         self.prompt_length = prompt_length
         self.eos_ids = [i for i in eos_ids if i is not None]
+        self._ends = {*self.eos_ids, *([tokenizer.pad_token_id] if getattr(tokenizer, "pad_token_id", None) is not None else [])}
         self.vocab = _vocab(tokenizer)
         self.masked_steps = 0
         self.forced = 0
@@ -336,10 +344,14 @@ class TermLogitsProcessor:
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
+        width = scores.shape[-1]
         for row in range(input_ids.shape[0]):
-            text = self.tokenizer.decode(input_ids[row, self.prompt_length :].tolist(), skip_special_tokens=True)
-            banned = self._banned(text, scores.shape[-1])
-            if len(set(banned)) >= scores.shape[-1]:
+            generated = input_ids[row, self.prompt_length :].tolist()
+            if generated and generated[-1] in self._ends:
+                continue  # the row has ended (in a batch it waits for the others): its next token is padding anyway
+            text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            banned = self._banned(text, width)
+            if len(banned) >= width and len(set(banned)) >= width:
                 continue  # nothing would be left: the text went somewhere the schema cannot follow; leave it free
             if banned:
                 self.masked_steps += 1
@@ -358,30 +370,28 @@ class TermLogitsProcessor:
         window = c.blank_literals(text)[-_WINDOW:]
         start = len(window)
         state = c.open_name(window, ctx)
-        checked: set[int] = set()
         banned: list[int] = []
         # tokens that could open a name: judged by writing them out
         for i in v.with_any(c.triggers):
-            if i < width:
-                checked.add(i)
-                if not c.accepts(window + v.strings[i], start, ctx):
-                    banned.append(i)
+            if i < width and not c.accepts(window + v.strings[i], start, ctx):
+                banned.append(i)
         if state is None:
             return banned
         place, partial = state
         # inside a name: a token continues it, or ends it (only a complete name may end)
         complete = place.complete(partial)
         nexts = place.next_chars(partial)
-        for first, ids in v.by_first.items():
+        narrow = width < len(v.strings)  # a model with fewer logits than the tokenizer has tokens
+        for first, ids in v.by_first_without(c.triggers).items():  # the trigger tokens were judged above
             continuing = first in nexts
             inside = place.name_chars.match(first).end() == len(first)  # type: ignore[union-attr]
             if not continuing and not (complete and not inside):
-                banned.extend(i for i in ids if i < width and i not in checked)
+                banned.extend([i for i in ids if i < width] if narrow else ids)
                 continue
             if not continuing:
                 continue  # ends a complete name; tokens that could open another were checked above
             for i in ids:
-                if i >= width or i in checked:
+                if i >= width:
                     continue
                 s = v.strings[i]
                 whole = partial + s

@@ -488,6 +488,8 @@ class KgliteStore(PropertyGraphStore):
         ((38,),)
     """
 
+    thread_safe: ClassVar[bool] = True  # Queries run one at a time under a lock (a live kglite graph has one owner).
+
     def __init__(
         self,
         path: str | list[str],

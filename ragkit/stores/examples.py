@@ -29,7 +29,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -91,6 +91,8 @@ class ExampleBank(Resource):
         >>> len(bank.search("Who wrote The Glass Orchard?", k=2))  # doctest: +SKIP
         2
     """
+
+    thread_safe: ClassVar[bool] = True  # Searches only read the index; exclusions are per thread; the schema check is locked.
 
     def __init__(
         self,

@@ -182,6 +182,8 @@ class OxigraphStore(RdfStore):
         'http://example.org/library/Book'
     """
 
+    thread_safe: ClassVar[bool] = True  # Oxigraph answers concurrent read queries.
+
     def __init__(
         self,
         path: str | list[str] | None = None,

@@ -6,7 +6,7 @@ import hashlib
 import re
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ragkit.core.component import register_resource, register_stage
 from ragkit.core.metrics import GenerationStats, emit_token
@@ -33,6 +33,8 @@ class HashingEmbedder(Embedder):
         >>> float(v[0] @ v[1]) > 0.5
         True
     """
+
+    thread_safe: ClassVar[bool] = True  # embed() is a pure function of its texts
 
     def __init__(self, dimension: int = 256) -> None:
         if dimension < 8:
@@ -76,6 +78,8 @@ class ScriptedLLM(LLM):
         >>> llm.generate("Capital of France?").text
         'Paris.'
     """
+
+    thread_safe: ClassVar[bool] = True  # rules reply the same whatever the order of calls; ``responses`` go in call order
 
     def __init__(
         self, responses: list[str] | None = None, rules: dict[str, str] | None = None, seconds_per_token: float = 0.0, forced_tokens: int = 0

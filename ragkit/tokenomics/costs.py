@@ -7,7 +7,9 @@ Every prediction line carries ``timings`` (``total``, ``ttft``), ``tokens`` (``i
 * **quality of experience**: TTFT, TPOT (time per output token after the first), latency p50/p95
   (nearest rank), throughput (output tokens per second of generation);
 * **cost**: self-hosted hardware costs ``price_per_hour`` for the seconds the run kept it busy, so
-  ``cost = busy seconds x price / 3600``; per million tokens (in + out) and per thousand questions;
+  ``cost = busy seconds x price / 3600``; per million tokens (in + out) and per thousand questions.
+  Busy seconds are the union of the items' ``[start, start + total]`` spans (:func:`busy_seconds`):
+  items run concurrently (``ragkit eval --concurrency``) share the machine and are not paid twice;
   beside it, what the same tokens would cost at per-token API prices (:data:`API_PRICES`, dated);
 * **hidden costs** (the cause of bill shock): how much of each prompt is schema, few-shot examples,
   instructions and context rather than the question, and the tokens spent on extra candidates and
@@ -36,6 +38,7 @@ __all__ = [
     "API_PRICES_AS_OF",
     "load_api_prices",
     "percentile",
+    "busy_seconds",
     "stage_record",
     "hardware_cost",
     "api_costs",
@@ -104,6 +107,30 @@ def stage_record(stage: Any) -> dict[str, Any]:
 def stage_records(trace: Any) -> dict[str, dict[str, Any]]:
     """``{stage name: stage_record}`` of a run's trace (empty when there is no trace)."""
     return {s.name: stage_record(s) for s in trace.stages} if trace is not None else {}
+
+
+def busy_seconds(rows: Sequence[dict[str, Any]]) -> float:
+    """Seconds during which at least one item ran: the length of the union of the rows' spans
+    ``[timings.start, timings.start + timings.total]``. A row without ``start`` (an older predictions
+    file) adds its whole latency, as if it ran alone."""
+    spans = []
+    alone = 0.0
+    for r in rows:
+        t = r["timings"]
+        if t.get("start") is None:
+            alone += float(t["total"])
+        else:
+            spans.append((float(t["start"]), float(t["start"]) + float(t["total"])))
+    spans.sort()
+    covered, end = 0.0, -math.inf
+    for a, b in spans:
+        if a > end:
+            covered += b - a
+            end = b
+        elif b > end:
+            covered += b - end
+            end = b
+    return covered + alone
 
 
 def hardware_cost(*, busy_seconds: float, price_per_hour: float, tokens: int, questions: int) -> dict[str, float | None]:
@@ -208,6 +235,10 @@ def tokenomics(
     """
     n = len(rows)
     totals = [float(r["timings"]["total"]) for r in rows]
+    busy = busy_seconds(rows)
+    # Overlapping items (concurrency) each count the seconds they shared: scale summed stage seconds by
+    # how much of the summed latency the machine really spent.
+    overlap = busy / sum(totals) if totals and sum(totals) else 1.0
     t_in = sum(int(r["tokens"]["in"]) for r in rows)
     t_out = sum(int(r["tokens"]["out"]) for r in rows)
     by_stage: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -225,8 +256,10 @@ def tokenomics(
         "ttft_p50": _r(percentile((r["timings"].get("ttft") for r in rows), 0.5)),
         "ttft_p95": _r(percentile((r["timings"].get("ttft") for r in rows), 0.95)),
         "tpot_p50": _r(percentile(tpots, 0.5), 5),
-        "throughput_tokens_per_s": round(t_out / gen_secs, 2) if gen_secs and t_out else None,
-        "questions_per_s": round(n / sum(totals), 4) if totals and sum(totals) else None,
+        "throughput_tokens_per_s": round(t_out / (gen_secs * overlap), 2) if gen_secs and t_out and overlap else None,
+        "questions_per_s": round(n / busy, 4) if busy else None,
+        "busy_seconds": round(busy, 3),
+        "concurrency_mean": round(1 / overlap, 3) if overlap else None,
         "tokens_in": t_in,
         "tokens_out": t_out,
         "tokens_in_per_question": round(t_in / n, 2) if n else None,
@@ -237,7 +270,7 @@ def tokenomics(
         "api": api_costs(t_in, t_out, n, API_PRICES if api_prices is None else api_prices),
     }
     if price_per_hour is not None:
-        out["hardware"] = hardware_cost(busy_seconds=sum(totals), price_per_hour=price_per_hour, tokens=t_in + t_out, questions=n)
+        out["hardware"] = hardware_cost(busy_seconds=busy, price_per_hour=price_per_hour, tokens=t_in + t_out, questions=n)
     if energy is not None:
         items = energy.get("items") or 0
         out["energy"] = {

@@ -26,31 +26,21 @@ BAIT = [
 
 
 @pytest.fixture(scope="module")
-def llm() -> LocalLLM:
-    import torch
-
-    torch.set_num_threads(1)
-    model = LocalLLM(dtype="float32", prefix_cache=False)
-    model.warm_up()
-    return model
-
-
-@pytest.fixture(scope="module")
 def schema():  # type: ignore[no-untyped-def]
     return GraphSchemaReader(store=OxigraphStore(path=str(GRAPH))).run(question="Who wrote which book?")
 
 
-def test_model_follows_the_bait_without_the_constraint(llm: LocalLLM, schema) -> None:  # type: ignore[no-untyped-def]
-    text = llm.generate(BAIT, max_new_tokens=48).text
+def test_model_follows_the_bait_without_the_constraint(float32_llm: LocalLLM, schema) -> None:  # type: ignore[no-untyped-def]
+    text = float32_llm.generate(BAIT, max_new_tokens=48).text
     constraint = TermConstraint.for_schema(schema.graph_schema)
     assert constraint is not None
     assert not constraint.accepts(text), text  # the control: unconstrained, it writes a name the graph lacks
 
 
 @pytest.mark.parametrize("beams", [1, 3])
-def test_constrained_output_names_only_schema_terms(llm: LocalLLM, schema, beams: int) -> None:  # type: ignore[no-untyped-def]
+def test_constrained_output_names_only_schema_terms(float32_llm: LocalLLM, schema, beams: int) -> None:  # type: ignore[no-untyped-def]
     constraint = TermConstraint.for_schema(schema.graph_schema)
-    gen = llm.generate(BAIT, max_new_tokens=48, num_return_sequences=beams, constraint=constraint)
+    gen = float32_llm.generate(BAIT, max_new_tokens=48, num_return_sequences=beams, constraint=constraint)
     assert len(gen.texts) == beams
     for text in gen.texts:
         assert "lib:" in text  # it still names the schema
@@ -61,7 +51,7 @@ def test_constrained_output_names_only_schema_terms(llm: LocalLLM, schema, beams
     assert all(-50 < s < 0 for s in gen.scores)
 
 
-def test_query_generator_constrains_by_default(llm: LocalLLM, schema) -> None:  # type: ignore[no-untyped-def]
-    gen = SparqlQueryGenerator(llm=llm, num_candidates=1, repair_rounds=0, max_new_tokens=64)
+def test_query_generator_constrains_by_default(float32_llm: LocalLLM, schema) -> None:  # type: ignore[no-untyped-def]
+    gen = SparqlQueryGenerator(llm=float32_llm, num_candidates=1, repair_rounds=0, max_new_tokens=64)
     out = gen.run(question="Which books did Ada Quill write? Use lib:writtenBy.", graph_schema=schema.graph_schema, schema_text=schema.text)
     assert unknown_sparql_terms(out.query, schema.graph_schema) == [], out.query

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -79,6 +80,8 @@ class EntityLinker(Stage):
         max_words: longest span looked up.
         max_mentions: mentions returned at most.
     """
+
+    thread_safe: ClassVar[bool] = True  # run() keeps its state in locals
 
     def __init__(self, store: GraphStore, max_words: int = 8, max_mentions: int = 4) -> None:
         if max_words < 1 or max_mentions < 1:

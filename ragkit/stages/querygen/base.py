@@ -81,6 +81,8 @@ class QueryGenOutput(Output):
 class QueryGenerator(Stage):
     """Base of the text-to-query stages; subclasses set the language, instructions and checks."""
 
+    thread_safe: ClassVar[bool] = True  # run() keeps its state in locals
+
     language: ClassVar[str] = ""
     default_instructions: ClassVar[str] = ""
 

@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from ragkit.core.component import register_stage
 from ragkit.core.metrics import current_recorder
@@ -38,6 +38,8 @@ class FewShotExampleRetriever(Stage):
             usable examples for every question, the fixed few-shot baseline that retrieval is
             measured against.
     """
+
+    thread_safe: ClassVar[bool] = True  # run() keeps its state in locals
 
     def __init__(self, bank: ExampleBank, top_k: int = 4, diversity: float = 0.3, selection: Literal["similar", "fixed"] = "similar") -> None:
         if top_k < 0:

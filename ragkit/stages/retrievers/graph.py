@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -94,6 +94,8 @@ class GraphQueryRetriever(Stage):
         row_limit: rows kept at most (the store's own limit also applies).
         timeout: seconds per query (None: the store's time-out).
     """
+
+    thread_safe: ClassVar[bool] = True  # run() keeps its state in locals
 
     def __init__(self, store: GraphStore, max_candidates: int = 3, row_limit: int = 50, timeout: float | None = None) -> None:
         if max_candidates < 1:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import ClassVar
 
 from ragkit.core.component import register_stage
 from ragkit.core.metrics import current_recorder
@@ -115,6 +116,8 @@ class GraphSchemaReader(Stage):
         >>> GraphSchemaReader(store=TinyGraphStore()).run(question="Who lives in Rome?").graph_schema.language
         'sparql'
     """
+
+    thread_safe: ClassVar[bool] = True  # run() keeps its state in locals
 
     def __init__(self, store: GraphStore, max_tokens: int | None = 1500) -> None:
         if max_tokens is not None and max_tokens < 50:

@@ -167,6 +167,17 @@ def test_processor_reads_only_the_generated_part(sparql: TermConstraint) -> None
     assert banned == {" :bands"}  # only what would misspell a name next, not the prompt's own text
 
 
+def test_rows_of_a_batch_are_constrained_each_and_ended_rows_left_alone(sparql: TermConstraint) -> None:
+    tok = _Tokenizer(PIECES)
+    proc = TermLogitsProcessor(sparql, tok, prompt_length=0, eos_ids=[0])
+    ids = [tok.pieces.index(p) for p in _split("?b a :ban", tok)]
+    ended = [tok.pieces.index(p) for p in _split("?b a", tok)] + [0, 0]  # finished, padded while the batch goes on
+    scores = proc(torch.tensor([ids, ended + [0] * (len(ids) - len(ended))]), torch.zeros(2, len(tok)))
+    assert bool((scores[0] == float("-inf")).any())  # mid-name: constrained
+    assert not bool((scores[1] == float("-inf")).any())  # ended: its next token is padding whatever the scores
+    assert proc.masked_steps == 1
+
+
 def test_sparql_names_are_read_with_the_prefixes_the_query_declares() -> None:
     # the schema is rendered with per-class prefixes; a model trained on another style declares its own
     schema = GraphSchema(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from ragkit.errors import InputError
-from ragkit.tokenomics.costs import API_PRICES, api_costs, hardware_cost, load_api_prices, percentile, tokenomics
+from ragkit.tokenomics.costs import API_PRICES, api_costs, busy_seconds, hardware_cost, load_api_prices, percentile, tokenomics
 
 
 def test_percentile() -> None:
@@ -83,3 +83,27 @@ def test_tokenomics_of_rows() -> None:
     assert qg["extra_calls"] == {"model_calls_beyond_first": 2, "repair_rounds": 1, "extra_candidates": 2, "tokens_in_of_extra_calls": 200}
     assert "extra_calls" not in t["stages"]["generate"] and "prompt" not in t["stages"]["generate"]
     assert set(t["api"]) == set(API_PRICES) and "hardware" not in tokenomics(rows)
+
+
+def test_busy_seconds_is_the_union_of_the_items_spans() -> None:
+    def row(start: float | None, total: float) -> dict[str, Any]:
+        return {"timings": {"start": start, "total": total}}
+
+    assert busy_seconds([row(0, 2), row(1, 2), row(5, 1)]) == pytest.approx(4.0)  # [0,3] and [5,6]
+    assert busy_seconds([row(0, 4), row(1, 1)]) == pytest.approx(4.0)  # one inside the other
+    assert busy_seconds([row(None, 2), row(None, 3)]) == pytest.approx(5.0)  # older lines: each as if alone
+    assert busy_seconds([]) == 0.0
+
+
+def test_concurrent_items_are_not_paid_twice() -> None:
+    sequential = [_row(2.0, 1, 0, 1), _row(2.0, 1, 0, 1)]
+    for i, r in enumerate(sequential):
+        r["timings"]["start"] = 100.0 + 2.0 * i
+    concurrent = [dict(r, timings={**r["timings"], "start": 100.0}) for r in sequential]
+    seq, con = tokenomics(sequential, price_per_hour=3.6), tokenomics(concurrent, price_per_hour=3.6)
+    assert seq["busy_seconds"] == 4.0 and con["busy_seconds"] == 2.0
+    assert con["hardware"]["usd"] == pytest.approx(seq["hardware"]["usd"] / 2)
+    assert con["questions_per_s"] == pytest.approx(2 * seq["questions_per_s"])
+    assert con["throughput_tokens_per_s"] == pytest.approx(2 * seq["throughput_tokens_per_s"])
+    assert seq["concurrency_mean"] == 1.0 and con["concurrency_mean"] == 2.0
+    assert con["latency_p50"] == seq["latency_p50"]  # each question still waited as long

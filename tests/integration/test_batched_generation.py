@@ -1,0 +1,113 @@
+"""Batched generation with the bundled model: prompts of different lengths decoded as one left-padded
+batch give what each gives alone (float32, greedy and beams, plain and constrained), and concurrent
+``generate`` calls from threads are batched without mixing their results."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from ragkit.core.metrics import StageTrace, recording
+from ragkit.models.base import ChatMessage
+from ragkit.models.llm import LocalLLM, _Request, looping
+from ragkit.query.constrain import TermConstraint
+from ragkit.stages.schema.reader import GraphSchemaReader
+from ragkit.stores.rdf import OxigraphStore
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+GRAPH = Path(__file__).resolve().parents[2] / "fixtures" / "library" / "graph.ttl"
+PROMPTS = [
+    "The capital of France is",
+    "Write one sentence about the sea, the wind and the old lighthouse keeper who lived on the island:",
+    "List three colours:",
+]
+# Each asks for a property the graph does not have, so the constraint has work to do in every row.
+BAITS = [
+    "Write a SPARQL query that selects ?b and ?w where ?b lib:writtenBy ?w and ?b lib:novelTitle ?t. Reply with the query only.",
+    "Write a SPARQL query that selects ?b and ?t where ?b lib:novelTitle ?t and ?b lib:writtenBy ?w. Reply with the query only.",
+]
+
+
+def bait(text: str) -> list[ChatMessage]:
+    return [ChatMessage(role="system", content="You write SPARQL. Prefix: PREFIX lib: <http://example.org/library/>"), ChatMessage(role="user", content=text)]
+
+
+def req(text: str, max_new_tokens: int = 24, beams: int = 1, constraint: TermConstraint | None = None) -> _Request:
+    return _Request(text, max_new_tokens, (), 0.0, beams, constraint, False)
+
+
+def test_a_padded_batch_gives_what_each_prompt_gives_alone(float32_llm: LocalLLM) -> None:
+    alone = [float32_llm._generate_one(req(p)) for p in PROMPTS]
+    batch = float32_llm._generate_many([req(p) for p in PROMPTS])
+    assert [g.texts for g in batch] == [g.texts for g in alone]
+    lengths = [float32_llm.count_tokens(p) for p in PROMPTS]
+    assert len(set(lengths)) == len(lengths)  # the prompts really needed padding
+    for g, a, n in zip(batch, alone, lengths):
+        assert g.stats.tokens_in == n  # its own prompt, not the padded length
+        assert g.stats.tokens_out == a.stats.tokens_out and g.stats.batch_size == len(PROMPTS)
+        assert g.stats.ttft is not None and 0 < g.stats.ttft < g.stats.seconds
+        assert len(g.stats.inter_token) == g.stats.tokens_out - 1
+        assert g.scores == pytest.approx(a.scores, abs=1e-3)
+
+
+def test_beams_in_a_batch(float32_llm: LocalLLM) -> None:
+    alone = [float32_llm._generate_one(req(p, beams=2)) for p in PROMPTS[:2]]
+    batch = float32_llm._generate_many([req(p, beams=2) for p in PROMPTS[:2]])
+    assert [g.texts for g in batch] == [g.texts for g in alone]
+    assert all(len(g.texts) == 2 and len(g.scores) == 2 for g in batch)
+
+
+def test_each_prompt_of_a_batch_keeps_its_own_constraint(float32_llm: LocalLLM) -> None:
+    schema = GraphSchemaReader(store=OxigraphStore(path=str(GRAPH))).run(question="Who wrote which book?").graph_schema
+    constraint = TermConstraint.for_schema(schema)
+    assert constraint is not None
+    texts = [float32_llm.render(bait(b)) for b in BAITS]
+    free = float32_llm._generate_many([req(t, 48) for t in texts])
+    assert not any(constraint.accepts(g.text) for g in free)  # the control: unconstrained, each names what the graph lacks
+    alone = [float32_llm._generate_one(req(t, 48, constraint=constraint)) for t in texts]
+    batch = float32_llm._generate_many([req(t, 48, constraint=constraint) for t in texts])
+    assert [g.texts for g in batch] == [g.texts for g in alone]
+    for g, a in zip(batch, alone):
+        assert constraint.accepts(g.text), g.text
+        assert g.stats.forced_tokens == a.stats.forced_tokens
+
+
+def test_concurrent_calls_are_batched_and_get_their_own_results(float32_llm: LocalLLM) -> None:
+    expected = {p: float32_llm.generate(p, max_new_tokens=24).text for p in PROMPTS}
+    start = threading.Barrier(len(PROMPTS) * 2)
+    got: dict[int, tuple[str, str, StageTrace]] = {}
+
+    def call(i: int) -> None:
+        p = PROMPTS[i % len(PROMPTS)]
+        trace = StageTrace(name=f"call{i}", type="test")
+        start.wait()
+        with recording(trace):  # each thread's trace gets its own call's figures
+            text = float32_llm.generate(p, max_new_tokens=24).text
+        got[i] = (p, text, trace)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(PROMPTS) * 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(got) == len(threads)
+    for p, text, trace in got.values():
+        assert text == expected[p]
+        assert trace.model_calls == 1 and trace.tokens_in == float32_llm.count_tokens(p)
+    assert max(t.extra.get("batch_size", 1) for _, _, t in got.values()) > 1  # the callers that waited were decoded together
+
+
+def test_the_loop_guard_ends_a_looping_row_and_leaves_the_others(float32_llm: LocalLLM) -> None:
+    guarded = LocalLLM(dtype="float32", prefix_cache=False, max_repeats=3)  # shares the loaded weights
+    guarded.warm_up()
+    prompts = ["Write the word yes two hundred times:", PROMPTS[0]]
+    free = float32_llm._generate_many([req(p, 96) for p in prompts])
+    cut = guarded._generate_many([req(p, 96) for p in prompts])
+    assert free[0].stats.tokens_out == 96  # the control: unguarded, the model loops to the cap
+    assert 24 <= cut[0].stats.tokens_out < 96 and free[0].text.startswith(cut[0].text)
+    assert looping(guarded.tokenizer(cut[0].text, add_special_tokens=False)["input_ids"], 3)
+    assert cut[1].texts == free[1].texts  # a row that does not loop is untouched
+    assert guarded._generate_one(req(prompts[0], 96)).text == cut[0].text  # alone, the same cut

@@ -1,0 +1,123 @@
+"""LocalLLM's batcher (who runs alone, who waits, what shares a batch; no model: a scripted runner) and loop guard."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from ragkit.models.llm import LocalLLM, _Batcher, _Request, looping
+
+
+def request(text: str, max_new_tokens: int = 8, beams: int = 1, constraint: Any = None) -> _Request:
+    return _Request(text, max_new_tokens, (), 0.0, beams, constraint, False)
+
+
+class Runner:
+    """Records each batch; the first batch blocks until ``release`` is set, so others pile up behind it."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.batches: list[list[str]] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.fail_on = fail_on
+
+    def __call__(self, batch: list[_Request]) -> list[str]:
+        self.batches.append([r.text for r in batch])
+        if len(self.batches) == 1:
+            self.started.set()
+            assert self.release.wait(10)
+        if self.fail_on is not None and any(r.text == self.fail_on for r in batch):
+            raise RuntimeError("model failed")
+        return [r.text.upper() for r in batch]
+
+
+def submit_all(batcher: _Batcher, runner: Runner, first: _Request, others: list[_Request]) -> dict[str, Any]:
+    """Submit ``first``; once it runs, submit ``others`` from threads; then let the first batch end."""
+    results: dict[str, Any] = {}
+
+    def call(r: _Request) -> None:
+        try:
+            results[r.text] = batcher.submit(r)
+        except Exception as e:  # the test inspects what each caller got
+            results[r.text] = e
+
+    threads = [threading.Thread(target=call, args=(first,))]
+    threads[0].start()
+    assert runner.started.wait(10)
+    for r in others:
+        threads.append(threading.Thread(target=call, args=(r,)))
+        threads[-1].start()
+    deadline = time.monotonic() + 10
+    while len(batcher._queue) < len(others) and time.monotonic() < deadline:  # everyone is waiting
+        time.sleep(0.01)
+    runner.release.set()
+    for t in threads:
+        t.join(10)
+    return results
+
+
+def test_a_lone_call_runs_at_once() -> None:
+    runner = Runner()
+    runner.release.set()
+    assert _Batcher(runner, 8).submit(request("a")) == "A"
+    assert runner.batches == [["a"]]
+
+
+def test_calls_that_arrive_while_busy_share_a_batch_by_settings() -> None:
+    runner = Runner()
+    others = [request("b"), request("c", max_new_tokens=99), request("d"), request("e", beams=3), request("f")]
+    results = submit_all(_Batcher(runner, 8), runner, request("a"), others)
+    assert results == {t: t.upper() for t in "abcdef"}  # each caller gets its own result
+    assert runner.batches[0] == ["a"]
+    # the oldest waiting call leads; only calls with its settings join it
+    assert sorted(map(sorted, runner.batches[1:])) == [["b", "d", "f"], ["c"], ["e"]]
+
+
+def test_constrained_and_plain_calls_are_not_mixed() -> None:
+    runner = Runner()
+    results = submit_all(_Batcher(runner, 8), runner, request("a"), [request("b", constraint=object()), request("c"), request("d", constraint=object())])
+    assert len(results) == 4
+    assert sorted(map(sorted, runner.batches[1:])) == [["b", "d"], ["c"]]
+
+
+def test_max_batch_caps_a_batch() -> None:
+    runner = Runner()
+    submit_all(_Batcher(runner, 2), runner, request("a"), [request(t) for t in "bcde"])
+    assert [len(b) for b in runner.batches] == [1, 2, 2]
+
+
+def test_an_error_reaches_every_caller_of_its_batch_and_the_batcher_goes_on() -> None:
+    runner = Runner(fail_on="c")
+    batcher = _Batcher(runner, 8)
+    results = submit_all(batcher, runner, request("a"), [request("b"), request("c")])
+    assert results["a"] == "A"
+    assert isinstance(results["b"], RuntimeError) and isinstance(results["c"], RuntimeError)
+    assert batcher.submit(request("z")) == "Z"  # not left busy
+
+
+def test_max_batch_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_batch must be at least 1"):
+        LocalLLM(max_batch=0)
+
+
+def test_looping_finds_a_block_written_again_and_again() -> None:
+    a, b, c = list(range(8)), list(range(10, 18)), list(range(20, 28))
+    assert looping([99, *a, *a, *a], repeats=3)  # 8 tokens three times: 24
+    assert not looping([99, *a, *a], repeats=3)  # twice only
+    assert not looping([*a, *b, *a, *c, *a], repeats=3)  # the same block, not in a row
+    assert looping([*b, *a, *a], repeats=2, min_span=16) and not looping([*b, *a, *a], repeats=2)  # 16 < 24 tokens
+    assert not looping([5, 0, 0, 0, 0], repeats=4)  # "10000", digit by digit: short blocks must fill the span
+    assert looping([5] + [0] * 24, repeats=4) and not looping([5] + [0] * 23, repeats=4)
+    block = list(range(100, 132))
+    assert looping([9, *block, *block], repeats=2) and not looping([9, *block, *block], repeats=2, max_period=31)
+    assert not looping([], repeats=2)
+
+
+def test_max_repeats_is_off_or_at_least_two() -> None:
+    assert LocalLLM().max_repeats == 0
+    for bad in (1, -1):
+        with pytest.raises(ValueError, match="max_repeats must be 0"):
+            LocalLLM(max_repeats=bad)
