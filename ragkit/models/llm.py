@@ -762,7 +762,7 @@ class LocalLLM(LLM):
                 # every prompt of the batch gets its tokens at the batch's steps
                 stats.ttft = clock.times[0] - start
                 mine = clock.times[:n_out]
-                stats.inter_token = [b - a for a, b in zip(mine, mine[1:])]
+                stats.inter_token = [later - earlier for earlier, later in zip(mine, mine[1:])]
             else:
                 stats.ttft = seconds if n_out else None
             gens.append(Generation(texts=tuple(texts), scores=tuple(scores), stats=stats))
