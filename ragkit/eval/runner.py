@@ -174,14 +174,17 @@ def evaluate_pipeline(
     score = _textqa if kind == "textqa" else _kgqa
     meter = EnergyMeter(s.country_iso_code, s.region, s.grid_g_per_kwh) if s.carbon else None
     if meter is not None:
-        with meter:
-            report = score(pipeline_file, dataset, predictions, s, progress)
-        ran = len(finished_predictions(predictions)) - before
-        if ran > 0 and meter.reading is not None:
-            meter.reading.items = ran
-            energy_log.parent.mkdir(parents=True, exist_ok=True)
-            with energy_log.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(meter.reading.to_dict()) + "\n")
+        try:
+            with meter:
+                report = score(pipeline_file, dataset, predictions, s, progress)
+        finally:
+            # An interrupted session keeps its reading too, for the items it wrote before it stopped.
+            ran = len(finished_predictions(predictions)) - before
+            if ran > 0 and meter.reading is not None:
+                meter.reading.items = ran
+                energy_log.parent.mkdir(parents=True, exist_ok=True)
+                with energy_log.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(meter.reading.to_dict()) + "\n")
     else:
         report = score(pipeline_file, dataset, predictions, s, progress)
     rows = _rows(predictions, _selected_ids(kind, dataset, s, predictions))

@@ -356,7 +356,8 @@ class LocalLLM(LLM):
         dtype: ``auto`` (bf16 where the hardware supports it), ``float32``, ``bfloat16``, ``float16``.
         threads: CPU threads for torch; None keeps torch's default (or ``$RAGKIT_NUM_THREADS``).
         prefix_cache: keep the key/value cache of recent prompts and skip recomputing the longest
-            prefix a new prompt shares with one of them (single-sequence generation only).
+            prefix a new prompt shares with one of them. Single-sequence calls store their prompt's
+            cache; single-sequence and several-candidate calls reuse one (batched calls do neither).
         prompt_lookup_tokens: speculative decoding by prompt lookup: at each step, find the last
             ``prompt_lookup_ngram`` tokens earlier in the prompt or output and draft up to this many
             tokens that followed them there; the model checks all drafts in one forward pass. Suits
@@ -381,7 +382,8 @@ class LocalLLM(LLM):
             times in a row, over 24 tokens at least (see :func:`looping`): a small model decoding greedily can loop until ``max_new_tokens``, and in a
             batch every other prompt waits for it. 0 (default) turns it off. Single sequences only (not beams).
 
-    Speculative decoding applies to single-sequence generation; beams decode as usual.
+    Speculative decoding applies to single-sequence generation; beams decode as usual. Several
+    candidates (beams or samples) share one computation of their prompt.
 
     Example:
         >>> llm = LocalLLM(device="cpu")
@@ -668,7 +670,15 @@ class LocalLLM(LLM):
         start = time.perf_counter()
         streamer = None
         reused = 0
-        if num_return_sequences == 1:
+        if num_return_sequences > 1:
+            ids = enc["input_ids"][0].tolist()
+            reused, cache = self._prefix_lookup(ids) if self.prefix_cache else (0, None)
+            shared = self._prefill(enc["input_ids"], enc["attention_mask"], num_return_sequences, cache, reused)
+            if shared is not None:
+                kwargs["past_key_values"] = shared
+            else:
+                reused = 0
+        else:
             streamer = _TimingStreamer(self._tok, start, forward=req.forward, stop=stop if speculation else ())
             kwargs["streamer"] = streamer
             # transformers' assisted decoding feeds the whole prompt on its first step even when a
@@ -746,6 +756,10 @@ class LocalLLM(LLM):
         if clock is not None:
             kwargs["streamer"] = clock
         start = time.perf_counter()
+        if width > 1:
+            shared = self._prefill(input_ids, mask, width)
+            if shared is not None:
+                kwargs["past_key_values"] = shared
         with torch.inference_mode():
             out = self._model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
         seconds = time.perf_counter() - start
@@ -767,6 +781,39 @@ class LocalLLM(LLM):
                 stats.ttft = seconds if n_out else None
             gens.append(Generation(texts=tuple(texts), scores=tuple(scores), stats=stats))
         return gens
+
+    def _prefill(self, input_ids: Any, mask: Any, width: int, cache: Any = None, cached: int = 0) -> Any:
+        """The key/value cache of every prompt token but the last, computed once per prompt and repeated
+        for each of ``width`` candidates.
+
+        transformers copies each prompt ``width`` times before its first forward pass, so beams or
+        several samples would compute the prompt that many times. Given this cache it only runs the last
+        prompt token per candidate; the candidates are the same (checked in the tests). ``cache`` may
+        already hold the first ``cached`` positions (the prefix cache). None when this model's cache
+        cannot be built or repeated: the caller then decodes as transformers does by default.
+        """
+        import torch
+
+        try:
+            if cache is None:
+                from transformers import DynamicCache
+
+                cache, cached = DynamicCache(config=self._model.config), 0
+            end = input_ids.shape[1] - 1
+            if end > cached:
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each row counts from its first token
+                with torch.inference_mode():
+                    self._model(
+                        input_ids=input_ids[:, cached:end],
+                        attention_mask=mask[:, :end],
+                        position_ids=positions[:, cached:end],
+                        past_key_values=cache,
+                        use_cache=True,
+                    )
+            cache.batch_repeat_interleave(width)
+        except (AttributeError, TypeError, ValueError, NotImplementedError):
+            return None
+        return cache
 
     def _speculation_kwargs(self) -> dict[str, Any]:
         if self.prompt_lookup_tokens is not None:

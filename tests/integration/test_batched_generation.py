@@ -111,3 +111,48 @@ def test_the_loop_guard_ends_a_looping_row_and_leaves_the_others(float32_llm: Lo
     assert looping(guarded.tokenizer(cut[0].text, add_special_tokens=False)["input_ids"], 3)
     assert cut[1].texts == free[1].texts  # a row that does not loop is untouched
     assert guarded._generate_one(req(prompts[0], 96)).text == cut[0].text  # alone, the same cut
+
+
+def _prompt_widths(llm: LocalLLM, run: object) -> tuple[object, list[tuple[int, int]]]:
+    """What ``run()`` returns, and the (rows, positions) of each forward pass it made."""
+    shapes: list[tuple[int, int]] = []
+
+    def hook(module: object, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]
+        shapes.append(tuple(ids.shape))
+
+    handle = llm.hf_model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        return run(), shapes
+    finally:
+        handle.remove()
+
+
+def test_candidates_share_one_computation_of_their_prompt(float32_llm: LocalLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = [float32_llm.render(bait(b)) for b in BAITS]
+    n_in = float32_llm.count_tokens(texts[0])
+    one, one_shapes = _prompt_widths(float32_llm, lambda: float32_llm._generate_one(req(texts[0], 32, beams=3)))
+    many, many_shapes = _prompt_widths(float32_llm, lambda: float32_llm._generate_many([req(t, 32, beams=3) for t in texts]))
+    assert one_shapes[0] == (1, n_in - 1)  # the prompt once, not once per beam
+    assert one_shapes[1] == (3, 1)  # then every beam starts from its last token
+    assert many_shapes[0][0] == len(texts) and many_shapes[1] == (3 * len(texts), 1)
+
+    monkeypatch.setattr(LocalLLM, "_prefill", lambda self, *a, **k: None)  # transformers' own way: each beam computes the prompt
+    plain, plain_shapes = _prompt_widths(float32_llm, lambda: float32_llm._generate_one(req(texts[0], 32, beams=3)))
+    plain_many = float32_llm._generate_many([req(t, 32, beams=3) for t in texts])
+    assert plain_shapes[0] == (3, n_in)  # the control: what the shared computation saves
+    assert one.texts == plain.texts and one.scores == pytest.approx(plain.scores, abs=1e-3)
+    assert [g.texts for g in many] == [g.texts for g in plain_many]
+
+
+def test_beams_start_from_the_prefix_cache_of_the_greedy_call(float32_llm: LocalLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = float32_llm.render(bait(BAITS[0]))
+    n_in = float32_llm.count_tokens(text)
+    expected = float32_llm._generate_one(req(text, 32, beams=3))
+    monkeypatch.setattr(float32_llm, "prefix_cache", True)
+    monkeypatch.setattr(float32_llm, "_prefixes", [])
+    float32_llm._generate_one(req(text, 32))  # a greedy call stores its prompt's cache
+    beams, shapes = _prompt_widths(float32_llm, lambda: float32_llm._generate_one(req(text, 32, beams=3)))
+    assert beams.stats.cached_tokens == n_in - 1
+    assert shapes[0] == (3, 1)  # nothing of the prompt computed again
+    assert beams.texts == expected.texts and beams.scores == pytest.approx(expected.scores, abs=1e-3)

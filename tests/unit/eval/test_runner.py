@@ -188,6 +188,25 @@ def test_evaluate_pipeline_text_tokenomics_and_energy_sessions(tmp_path: Path, m
     assert t["stages"]["generate"]["tokens_out"] > 0
 
 
+def test_an_interrupted_session_keeps_its_energy_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(carbon, "EnergyMeter", FakeMeter)
+    ds, pf, preds = text_dataset(tmp_path / "ds"), text_pipeline(tmp_path), tmp_path / "p.jsonl"
+    real = Pipeline.run
+    calls: list[str] = []
+
+    def run(self: Pipeline, *args: Any, **kw: Any) -> Any:
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(kw["question"])
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(Pipeline, "run", run)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_pipeline(pf, ds, preds, EvalSettings())
+    log = [json.loads(x) for x in (tmp_path / "p.jsonl.energy.jsonl").read_text().splitlines()]
+    assert [r["items"] for r in log] == [3]  # the three items it wrote, with the energy they took
+
+
 def test_a_text_pipeline_without_a_corpus_is_a_user_error(tmp_path: Path) -> None:
     ds = text_dataset(tmp_path / "ds")
     with pytest.raises(Exception, match="no resource with a 'corpus'"):
