@@ -448,6 +448,7 @@ class LocalLLM(LLM):
         self._tok: Any = None
         self._draft: Any = None
         self._draft_tok: Any = None
+        self._eos_ids: list[int] = []
         self.path: Path | None = None
 
     def setup(self) -> None:
@@ -467,6 +468,7 @@ class LocalLLM(LLM):
             dtype = "float32"
         self.device_used, self.dtype_used = device, dtype
         self._model, self._tok = _load(self.path, device, dtype, self.quantize, self.adapter, self.merge_adapter)
+        self._eos_ids = _as_list(self._model.generation_config.eos_token_id)
         self.context_window = int(getattr(self._model.config, "max_position_embeddings", 2048) or 2048)
         if self.draft_model is not None:
             import copy
@@ -628,7 +630,7 @@ class LocalLLM(LLM):
         """Texts, mean log-probabilities and output-token count of generated rows (prompt removed)."""
         import torch
 
-        eos = set(_as_list(self._model.generation_config.eos_token_id)) | {self._tok.pad_token_id}
+        eos = set(self._eos_ids) | {self._tok.pad_token_id}
         texts, scores, n_out = [], [], 0
         for i, seq in enumerate(seqs):
             length = next((j for j, t in enumerate(seq) if t in eos), len(seq))
@@ -638,12 +640,16 @@ class LocalLLM(LLM):
                 cut = _stop_length(self._tok, seq[:length], stop)
                 if cut is not None:
                     length, ended = cut, False
-            n_out += length + (1 if ended else 0)
             t = self._tok.decode(seq[:length], skip_special_tokens=True)
             for s in stop:
                 cut_at = t.find(s)
                 if cut_at >= 0:
-                    t = t[:cut_at]
+                    t, ended = t[:cut_at], False
+            if ended and self.max_repeats and len(seqs) == 1 and looping(seq[:length], self.max_repeats):
+                ended = False
+            # A row that a stop string or the loop guard ended wrote no end token: in a batch, what follows
+            # it is padding (the end token itself when the tokenizer has no pad token), not one more token.
+            n_out += length + (1 if ended else 0)
             texts.append(t)
             if trans is not None and length:
                 row = trans[i][:length].float()
@@ -663,7 +669,7 @@ class LocalLLM(LLM):
         if constraint is not None:
             from ragkit.query.constrain import TermLogitsProcessor
 
-            processor = TermLogitsProcessor(constraint, self._tok, n_in, _as_list(self._model.generation_config.eos_token_id))
+            processor = TermLogitsProcessor(constraint, self._tok, n_in, self._eos_ids)
             self._constrain(kwargs, processor)
         if stop and speculation is None:  # speculative steps check stop strings in the streamer instead
             kwargs.update(stop_strings=list(stop), tokenizer=self._tok)
@@ -734,7 +740,7 @@ class LocalLLM(LLM):
         width = head.num_return_sequences
         ids = [self._tok(r.text, add_special_tokens=False)["input_ids"] for r in batch]
         longest = max(len(x) for x in ids)
-        pad = self._tok.pad_token_id if self._tok.pad_token_id is not None else _as_list(self._model.generation_config.eos_token_id)[0]
+        pad = self._tok.pad_token_id if self._tok.pad_token_id is not None else self._eos_ids[0]
         input_ids = torch.tensor([[pad] * (longest - len(x)) + x for x in ids], device=self._model.device)
         mask = torch.tensor([[0] * (longest - len(x)) + [1] * len(x) for x in ids], device=self._model.device)
         kwargs = self._kwargs(head, max(1, min(head.max_new_tokens, self.context_window - longest)))
@@ -743,8 +749,7 @@ class LocalLLM(LLM):
         if head.constraint is not None:
             from ragkit.query.constrain import TermLogitsProcessor
 
-            eos_ids = _as_list(self._model.generation_config.eos_token_id)
-            procs = [TermLogitsProcessor(r.constraint, self._tok, longest, eos_ids) if r.constraint is not None else None for r in batch]
+            procs = [TermLogitsProcessor(r.constraint, self._tok, longest, self._eos_ids) if r.constraint is not None else None for r in batch]
             self._constrain(kwargs, _PerPrompt(procs, width))
         if head.stop:
             kwargs.update(stop_strings=list(head.stop), tokenizer=self._tok)

@@ -53,6 +53,15 @@ def test_a_padded_batch_gives_what_each_prompt_gives_alone(float32_llm: LocalLLM
         assert g.scores == pytest.approx(a.scores, abs=1e-3)
 
 
+def test_a_row_ended_by_a_stop_string_counts_the_tokens_it_wrote(float32_llm: LocalLLM) -> None:
+    stopped = [_Request(p, 32, (".",), 0.0, 1, None, False) for p in PROMPTS[:2]]
+    alone = [float32_llm._generate_one(r) for r in stopped]
+    batch = float32_llm._generate_many(stopped)
+    assert [g.texts for g in batch] == [g.texts for g in alone]
+    assert len({g.stats.tokens_out for g in alone}) == 2  # the rows end at different steps, so the shorter one is padded
+    assert [g.stats.tokens_out for g in batch] == [g.stats.tokens_out for g in alone]
+
+
 def test_beams_in_a_batch(float32_llm: LocalLLM) -> None:
     alone = [float32_llm._generate_one(req(p, beams=2)) for p in PROMPTS[:2]]
     batch = float32_llm._generate_many([req(p, beams=2) for p in PROMPTS[:2]])

@@ -40,7 +40,7 @@ CHAT_PIPELINE = """\
 version: 1
 name: serve_chat
 resources:
-  llm: {type: local_llm, device: cpu}
+  llm: {type: local_llm, device: cpu, dtype: float32}   # float32: a batch decodes as each request alone would
 stages:
   - {name: prompt, type: prompt_builder, llm: llm, max_prompt_tokens: 256, system: "Answer the question briefly."}
   - {name: generate, type: answer_generator, llm: llm, max_new_tokens: 24}
@@ -86,7 +86,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env.pop("RAGKIT_API_KEYS", None)
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ragkit.cli", "serve", str(pipeline), "--port", str(port), "--api-key", KEY, "--max-queue", "4"],
+            [sys.executable, "-m", "ragkit.cli", "serve", str(pipeline), "--port", str(port), "--api-key", KEY, "--max-queue", "8"],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -136,6 +136,30 @@ def test_openai_client_streams_a_chat_completion(served: str) -> None:
     full = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}])
     assert full.choices[0].message.content == "".join(pieces).strip()
     assert full.usage is not None and full.usage.completion_tokens == usage.completion_tokens
+
+
+def test_concurrent_requests_run_together_and_each_gets_its_own_answer(served: str) -> None:
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    openai = pytest.importorskip("openai")
+    assert json.loads(_get(f"{served}/health")[1])["concurrency"] == 4  # every component declares thread_safe
+    client = openai.OpenAI(base_url=f"{served}/v1", api_key=KEY, max_retries=0, timeout=300)
+    questions = [QUESTION, "Name one colour of the sky.", "How many legs does a cat have?"]
+
+    def ask(question: str, stream: bool) -> str:
+        messages = [{"role": "user", "content": question}]
+        if not stream:
+            return client.chat.completions.create(model=MODEL, messages=messages).choices[0].message.content or ""
+        chunks = client.chat.completions.create(model=MODEL, messages=messages, stream=True)
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+
+    alone = {q: ask(q, stream=False) for q in questions}
+    assert len(set(alone.values())) == len(questions)  # distinct answers, so a mix-up would show
+    jobs = [(q, stream) for q in questions for stream in (False, True)]
+    with ThreadPoolExecutor(len(jobs)) as pool:  # 4 run at once, the other 2 wait in the queue
+        together = list(pool.map(lambda job: ask(*job), jobs))
+    assert together == [alone[q] for q, _ in jobs]
 
 
 def test_openai_client_without_the_key_gets_401(served: str) -> None:

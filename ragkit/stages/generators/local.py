@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from typing import ClassVar
 
 from ragkit.core.component import register_stage
 from ragkit.core.metrics import current_recorder, emit_token
@@ -81,6 +82,8 @@ class AnswerGenerator(Stage):
         temperature: 0 for greedy decoding (reproducible), above 0 to sample.
         stop: strings that end the answer.
     """
+
+    thread_safe: ClassVar[bool] = True  # run() keeps its state in locals; tokens stream to the calling run's listener
 
     def __init__(self, llm: LLM, max_new_tokens: int = 96, temperature: float = 0.0, stop: list[str] | None = None) -> None:
         if max_new_tokens < 1:

@@ -21,6 +21,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import BaseModel, ConfigDict
 
 from ragkit.core.component import register_stage
@@ -73,6 +75,8 @@ class PromptBuilder(Stage):
         max_passages: passages offered at most before trimming.
         abstain_notice: the answer given instead of generating when the reranker abstained.
     """
+
+    thread_safe: ClassVar[bool] = True  # run() keeps its state in locals; the LLM only counts tokens
 
     def __init__(
         self,

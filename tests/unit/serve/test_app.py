@@ -347,8 +347,10 @@ def test_pipeline_without_question_input_or_answer_output_is_refused() -> None:
 
 
 def test_runs_are_one_at_a_time_unless_every_component_is_thread_safe() -> None:
-    assert create_app(chat_pipeline()).state.ragkit.runner.concurrency == 1
-    with pytest.raises(ConfigError, match=r"stage 'prompt' \(prompt_builder\).*not declared thread-safe"):
-        PipelineRunner(chat_pipeline(), concurrency=2)
+    assert create_app(kgqa_pipeline()).state.ragkit.runner.concurrency == 1  # the tiny store does not declare it
+    assert create_app(chat_pipeline()).state.ragkit.runner.concurrency == 4  # prompt builder, generator and LLM do
+    with pytest.raises(ConfigError, match=r"resource 'graph' \(tiny_graph_store\).*not declared thread-safe") as err:
+        PipelineRunner(kgqa_pipeline(), concurrency=2)
+    assert "prompt" not in str(err.value)
     with pytest.raises(ConfigError, match="at least the concurrency"):
         PipelineRunner(chat_pipeline(), concurrency=1, max_queue=0)
