@@ -65,6 +65,34 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _stop_on_terminate() -> Any:
+    """While a long command runs, ``kill`` (SIGTERM) stops it as Ctrl-C does, so what it finished is kept.
+
+    A job started in the background by a shell script ignores Ctrl-C's SIGINT, and schedulers and
+    ``timeout`` send SIGTERM: without this, ``ragkit eval`` would die on the spot and lose the energy
+    reading of its session (its finished predictions are on disk either way).
+    """
+    import contextlib
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def handler() -> Any:
+        if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
+            yield
+            return
+        previous = signal.signal(signal.SIGTERM, interrupt)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return handler()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ragkit")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
@@ -374,7 +402,13 @@ def eval_cmd(
             def progress(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            reports.append(evaluate_pipeline(pf, dataset, pred, settings, progress=progress))
+            try:
+                with _stop_on_terminate():
+                    reports.append(evaluate_pipeline(pf, dataset, pred, settings, progress=progress))
+            except KeyboardInterrupt:
+                bar.stop()
+                click.echo(f"interrupted: the finished items are kept in {pred}; run the same command again to resume", err=True)
+                sys.exit(130)
     if kind == "kgqa":
         _print_kgqa_reports(reports)
     else:

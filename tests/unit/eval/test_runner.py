@@ -7,14 +7,16 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from test_kgqa_eval import ITEMS, write_dataset, write_pipeline
+from test_kgqa_eval import ITEMS, pipeline_spec, write_dataset, write_pipeline
 
 import ragkit.tokenomics.carbon as carbon
 from ragkit.core.pipeline import Pipeline
@@ -254,3 +256,25 @@ def test_eval_command_user_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     out = ragkit("eval", str(pf), "--dataset", str(tmp_path / "empty"), cwd=tmp_path)
     assert out.returncode == 2 and "neither a text QA folder" in out.stderr
+
+
+def test_eval_command_stops_on_sigterm_like_ctrl_c_and_resumes(tmp_path: Path) -> None:
+    ds, preds = write_dataset(tmp_path / "ds"), tmp_path / "p.jsonl"
+    spec = pipeline_spec()
+    spec["resources"]["llm"]["seconds_per_token"] = 0.05  # a slow model, so the signal lands mid-run
+    pf = write_pipeline(tmp_path, spec)
+    args = [sys.executable, "-m", "ragkit.cli", "eval", str(pf), "--dataset", str(ds), "--predictions", str(preds), "--no-carbon"]
+    env = {**os.environ, "NO_COLOR": "1"}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (preds.is_file() and preds.read_text().count("\n") >= 1) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    done = preds.read_text().count("\n")
+    assert proc.returncode == 130, err
+    assert "interrupted: the finished items are kept in" in err and "Traceback" not in err
+    assert 1 <= done < len(ITEMS)
+    again = ragkit("eval", str(pf), "--dataset", str(ds), "--predictions", str(preds), "--no-carbon", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert preds.read_text().count("\n") == len(ITEMS)
