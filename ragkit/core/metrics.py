@@ -22,6 +22,7 @@ __all__ = [
     "GenerationStats",
     "current_recorder",
     "emit_token",
+    "current_listener",
     "recording",
     "streaming_to",
 ]
@@ -199,6 +200,16 @@ def is_streaming() -> bool:
     """Whether tokens emitted now would reach a listener."""
     ctx = _ctx.get()
     return ctx.on_token is not None and (ctx.stream_stage is None or (ctx.recorder is not None and ctx.recorder.trace.name == ctx.stream_stage))
+
+
+def current_listener() -> TokenCallback | None:
+    """The callback that tokens emitted now would reach, or None; callable from any thread afterwards.
+
+    A model that decodes several runs' calls in one batch takes each caller's listener this way, in
+    the caller's thread, and hands each row's text to its own listener.
+    """
+    ctx = _ctx.get()
+    return ctx.on_token if is_streaming() else None
 
 
 @contextlib.contextmanager

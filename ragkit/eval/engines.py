@@ -67,14 +67,14 @@ class GraphJob:
 
 def run_job(job: GraphJob) -> list[dict[str, Any]]:
     """Run every item of ``job`` here and return its prediction rows (what a Ray task executes)."""
+    if job.cwd and Path(job.cwd).is_dir() and os.getcwd() != job.cwd:
+        os.chdir(job.cwd)  # a worker process starts elsewhere; the pipeline's relative paths must resolve
     return list(_iter_job(job))
 
 
 def _iter_job(job: GraphJob) -> Iterator[dict[str, Any]]:
     from ragkit.eval import kgqa  # late: kgqa imports this module
 
-    if job.cwd and Path(job.cwd).is_dir() and os.getcwd() != job.cwd:
-        os.chdir(job.cwd)  # a worker process starts elsewhere; the pipeline's relative paths must resolve
     with tempfile.TemporaryDirectory(prefix="ragkit-job-") as tmp:
         bank_file = Path(tmp) / "bank.jsonl"
         bank_file.write_text(job.bank_text, encoding="utf-8")

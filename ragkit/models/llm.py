@@ -39,13 +39,13 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ragkit.core.component import register_resource
-from ragkit.core.metrics import GenerationStats, emit_token, is_streaming
+from ragkit.core.metrics import GenerationStats, current_listener
 from ragkit.errors import MissingDependencyError, ModelError
 from ragkit.models.base import LLM, ChatMessage, Generation, record
 
@@ -174,16 +174,17 @@ def choose_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
 
 
 class _TimingStreamer:
-    """A transformers streamer that times tokens and forwards decoded text to :func:`emit_token`.
+    """A transformers streamer that times tokens and hands decoded text to ``listener`` (the caller's
+    :func:`~ragkit.core.metrics.current_listener`, if any).
 
     With ``stop`` strings it also notices when the text contains one (``stopped``), forwards nothing
     from the stop string on, and lets :class:`_StopOnText` end generation.
     """
 
-    def __init__(self, tokenizer: Any, start: float, forward: bool, stop: Sequence[str] = ()) -> None:
+    def __init__(self, tokenizer: Any, start: float, listener: Callable[[str], None] | None, stop: Sequence[str] = ()) -> None:
         self.tok = tokenizer
         self.start = start
-        self.forward = forward
+        self.listener = listener
         self.stop = [s for s in stop if s]
         self.stopped = False
         self.first: float | None = None
@@ -201,7 +202,7 @@ class _TimingStreamer:
             self.first = now - self.start
         self.times.append(now)  # one entry per put: a speculative step puts several tokens at once
         self.ids.extend(int(x) for x in value.reshape(-1).tolist())
-        if not (self.forward or self.stop) or self.stopped:
+        if not (self.listener or self.stop) or self.stopped:
             return
         text = self.tok.decode(self.ids, skip_special_tokens=True)
         cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
@@ -210,10 +211,10 @@ class _TimingStreamer:
             text = text[:cut]
         elif text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
             return
-        if self.forward and text.startswith(self._sent):
+        if self.listener is not None and text.startswith(self._sent):
             piece = text[len(self._sent) :]
             if piece:
-                emit_token(piece)
+                self.listener(piece)
             self._sent = text
 
     def end(self) -> None:
@@ -377,7 +378,8 @@ class LocalLLM(LLM):
             (new tokens, stop strings, temperature, candidates; constrained or not) are decoded
             together, up to this many prompts at once: on a CPU a batch of 8 gives several times the
             tokens per second of one prompt. A call that finds the model idle starts at once. 1 decodes
-            one call at a time. Calls that stream to a listener or use speculative decoding are never batched.
+            one call at a time. Streaming calls are batched too, each row's text going to its own caller's
+            listener; calls that use speculative decoding are never batched.
         max_repeats: end a sequence once its last tokens are one block of 1 to 32 tokens written this many
             times in a row, over 24 tokens at least (see :func:`looping`): a small model decoding greedily can loop until ``max_new_tokens``, and in a
             batch every other prompt waits for it. 0 (default) turns it off. Single sequences only (not beams).
@@ -581,10 +583,10 @@ class LocalLLM(LLM):
             temperature=temperature,
             num_return_sequences=num_return_sequences,
             constraint=constraint,
-            forward=stream and is_streaming(),  # the listener belongs to this thread's run
+            listener=current_listener() if stream else None,  # this thread's run's, whichever thread decodes
         )
         speculative = self.speculation is not None and num_return_sequences == 1 and constraint is None
-        if self.max_batch > 1 and not speculative and not req.forward:
+        if self.max_batch > 1 and not speculative:
             gen = self._batcher.submit(req)
         else:
             gen = self._generate_one(req)
@@ -685,7 +687,9 @@ class LocalLLM(LLM):
             else:
                 reused = 0
         else:
-            streamer = _TimingStreamer(self._tok, start, forward=req.forward, stop=stop if speculation else ())
+            # the streamer watches stop strings for speculative calls (see _stop_on_text) and so that a
+            # listener hears the text up to the stop string, as the final text ends there
+            streamer = _TimingStreamer(self._tok, start, req.listener, stop=stop if speculation or req.listener else ())
             kwargs["streamer"] = streamer
             # transformers' assisted decoding feeds the whole prompt on its first step even when a
             # cache holds part of it, so a speculative call starts without one (it still stores its own).
@@ -757,7 +761,8 @@ class LocalLLM(LLM):
             from transformers import StoppingCriteriaList
 
             kwargs["stopping_criteria"] = StoppingCriteriaList([_loop_guard(longest, self.max_repeats)])
-        clock = _StepClock() if width == 1 else None  # transformers streams single sequences only, not beams
+        # transformers streams single sequences only, not beams
+        clock = _StepClock(self._tok, [r.listener for r in batch], head.stop, set(self._eos_ids) | {pad}) if width == 1 else None
         if clock is not None:
             kwargs["streamer"] = clock
         start = time.perf_counter()
@@ -839,7 +844,7 @@ class _Request:
     temperature: float
     num_return_sequences: int
     constraint: Any
-    forward: bool
+    listener: Callable[[str], None] | None = None  # where the text goes as it is written (streaming)
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -907,20 +912,60 @@ class _PerPrompt:
 
 
 class _StepClock:
-    """A streamer that only notes when each decoding step of a batch ends."""
+    """A streamer for a batch: notes when each decoding step ends, and hands each streaming row's new
+    text to that row's listener.
 
-    def __init__(self) -> None:
+    A row's text stops at its first stop string or end token, as its final text does. A listener that
+    raises is dropped (logged) so one client gone away does not fail the other rows of the batch.
+    """
+
+    def __init__(self, tokenizer: Any, listeners: Sequence[Callable[[str], None] | None], stop: Sequence[str], ends: set[int]) -> None:
         self.times: list[float] = []
         self._prompt_seen = False
+        self.tok = tokenizer
+        self.stop = [s for s in stop if s]
+        self.ends = ends
+        self.rows = {i: _StreamRow(fn) for i, fn in enumerate(listeners) if fn is not None}
 
     def put(self, value: Any) -> None:
         if not self._prompt_seen:  # generate() first hands over the prompt itself
             self._prompt_seen = True
             return
         self.times.append(time.perf_counter())
+        if not self.rows:
+            return
+        tokens = value.reshape(-1).tolist()
+        for i, row in self.rows.items():
+            if row.done:
+                continue
+            if tokens[i] in self.ends:
+                row.done = True
+                continue
+            row.ids.append(int(tokens[i]))
+            text = self.tok.decode(row.ids, skip_special_tokens=True)
+            cut = min((j for j in (text.find(s) for s in self.stop) if j >= 0), default=-1)
+            if cut >= 0:
+                row.done, text = True, text[:cut]
+            elif text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
+                continue
+            if text.startswith(row.sent) and len(text) > len(row.sent):
+                try:
+                    row.listener(text[len(row.sent) :])
+                except Exception:
+                    logger.warning("a streaming listener failed; its row decodes on without streaming", exc_info=True)
+                    row.done = True
+            row.sent = text
 
     def end(self) -> None:
         pass
+
+
+@dataclass
+class _StreamRow:
+    listener: Callable[[str], None]
+    ids: list[int] = field(default_factory=list)
+    sent: str = ""
+    done: bool = False
 
 
 def _stop_length(tok: Any, ids: list[int], stop: Sequence[str]) -> int | None:

@@ -46,7 +46,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -195,6 +195,8 @@ class VectorIndex(Resource):
         >>> idx.search("Who founded Lanternfish Press?", k=1)[0].title   # doctest: +SKIP
         'Lanternfish Press'
     """
+
+    thread_safe: ClassVar[bool] = True  # searches and changes run under one lock
 
     def __init__(
         self,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ragkit.core.metrics import StageTrace, recording
+from ragkit.core.metrics import StageTrace, recording, streaming_to
 from ragkit.models.base import ChatMessage
 from ragkit.models.llm import LocalLLM, _Request, looping
 from ragkit.query.constrain import TermConstraint
@@ -36,7 +36,7 @@ def bait(text: str) -> list[ChatMessage]:
 
 
 def req(text: str, max_new_tokens: int = 24, beams: int = 1, constraint: TermConstraint | None = None) -> _Request:
-    return _Request(text, max_new_tokens, (), 0.0, beams, constraint, False)
+    return _Request(text, max_new_tokens, (), 0.0, beams, constraint)
 
 
 def test_a_padded_batch_gives_what_each_prompt_gives_alone(float32_llm: LocalLLM) -> None:
@@ -54,7 +54,7 @@ def test_a_padded_batch_gives_what_each_prompt_gives_alone(float32_llm: LocalLLM
 
 
 def test_a_row_ended_by_a_stop_string_counts_the_tokens_it_wrote(float32_llm: LocalLLM) -> None:
-    stopped = [_Request(p, 32, (".",), 0.0, 1, None, False) for p in PROMPTS[:2]]
+    stopped = [_Request(p, 32, (".",), 0.0, 1, None) for p in PROMPTS[:2]]
     alone = [float32_llm._generate_one(r) for r in stopped]
     batch = float32_llm._generate_many(stopped)
     assert [g.texts for g in batch] == [g.texts for g in alone]
@@ -107,6 +107,33 @@ def test_concurrent_calls_are_batched_and_get_their_own_results(float32_llm: Loc
         assert text == expected[p]
         assert trace.model_calls == 1 and trace.tokens_in == float32_llm.count_tokens(p)
     assert max(t.extra.get("batch_size", 1) for _, _, t in got.values()) > 1  # the callers that waited were decoded together
+
+
+def test_concurrent_streaming_calls_are_batched_and_each_streams_its_own_text(float32_llm: LocalLLM) -> None:
+    prompts = PROMPTS * 2
+    expected = {p: float32_llm.generate(p, max_new_tokens=24, stop=["."]).text for p in PROMPTS}
+    start = threading.Barrier(len(prompts))
+    got: dict[int, tuple[str, list[str], str, StageTrace]] = {}
+
+    def call(i: int) -> None:
+        pieces: list[str] = []
+        trace = StageTrace(name=f"call{i}", type="test")
+        start.wait()
+        with recording(trace), streaming_to(pieces.append):  # each thread's run has its own listener
+            text = float32_llm.generate(prompts[i], max_new_tokens=24, stop=["."], stream=True).text
+        got[i] = (prompts[i], pieces, text, trace)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(got) == len(prompts)
+    for p, pieces, text, _ in got.values():
+        assert text == expected[p]
+        assert "".join(pieces) == text  # streamed up to the stop string, as the final text ends there
+        assert len(pieces) > 1 or p != PROMPTS[1]  # piece by piece (the long answer has several tokens)
+    assert max(t.extra.get("batch_size", 1) for *_, t in got.values()) > 1  # streaming callers were decoded together
 
 
 def test_the_loop_guard_ends_a_looping_row_and_leaves_the_others(float32_llm: LocalLLM) -> None:

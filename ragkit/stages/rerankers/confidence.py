@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -127,6 +127,8 @@ class ConfidenceReranker(Stage):
         >>> r.run(question="Where does Ann live?", passages=[Passage(id="x", text="Bob lives in Oslo.")]).abstained
         True
     """
+
+    thread_safe: ClassVar[bool] = True  # run() keeps its state in locals; the scorers only read their models (the embedding cache is locked)
 
     def __init__(
         self,

@@ -25,7 +25,7 @@ import math
 import re
 import threading
 from collections import Counter
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from ragkit.core.component import register_stage
 from ragkit.core.metrics import current_recorder
@@ -64,8 +64,21 @@ def _note(**kw: Any) -> None:
             rec.note(k, v)
 
 
+class _BM25State(NamedTuple):
+    """One build of the BM25 index: its chunks and the model scoring them, swapped in whole."""
+
+    version: int
+    chunks: list[Chunk]
+    model: Any
+    backend: str
+    stemmer: Any
+
+
 class BM25Index:
     """Okapi BM25 over an index's chunks (title and text), rebuilt when the index changes.
+
+    Safe to search from several threads: a search reads one build (chunks and model together), and the
+    stemmer, which is not thread-safe, is used under a lock.
 
     Args:
         index: the vector index whose chunks are searched.
@@ -78,19 +91,18 @@ class BM25Index:
         self.index = index
         self.k1, self.b = k1, b
         self.backend = backend
-        self._built_for = -1
         self._lock = threading.Lock()
-        self._chunks: list[Chunk] = []
-        self._model: Any = None
-        self._stemmer: Any = None
+        self._stem_lock = threading.Lock()
+        self._state: _BM25State | None = None
 
-    def _ensure(self) -> None:
+    def _ensure(self) -> _BM25State:
         self.index.warm_up()
         with self._lock:
-            if self._built_for == self.index.version:
-                return
-            self._chunks = self.index.chunks()
-            texts = [f"{c.title} {c.text}" for c in self._chunks]
+            if self._state is not None and self._state.version == self.index.version:
+                return self._state
+            version = self.index.version
+            chunks = self.index.chunks()
+            texts = [f"{c.title} {c.text}" for c in chunks]
             backend = self.backend
             if backend == "auto":
                 try:
@@ -99,14 +111,15 @@ class BM25Index:
                     backend = "bm25s"
                 except ImportError:
                     backend = "numpy"
+            stemmer = None
             if backend == "bm25s":
-                self._model = self._build_bm25s(texts)
+                model, stemmer = self._build_bm25s(texts)
             else:
-                self._model = _NumpyBM25(texts, self.k1, self.b)
-            self._backend_used = backend
-            self._built_for = self.index.version
+                model = _NumpyBM25(texts, self.k1, self.b)
+            self._state = _BM25State(version, chunks, model, backend, stemmer)
+            return self._state
 
-    def _build_bm25s(self, texts: list[str]) -> Any:
+    def _build_bm25s(self, texts: list[str]) -> tuple[Any, Any]:
         try:
             import bm25s
         except ImportError:
@@ -120,41 +133,47 @@ class BM25Index:
         try:
             import Stemmer
 
-            self._stemmer = Stemmer.Stemmer("english")
+            stemmer = Stemmer.Stemmer("english")
         except ImportError:  # stemming helps a little; BM25 works without it
-            self._stemmer = None
+            stemmer = None
         model = bm25s.BM25(k1=self.k1, b=self.b)
         if texts:
-            model.index(bm25s.tokenize(texts, stopwords="en", stemmer=self._stemmer, show_progress=False), show_progress=False)
-        return model
+            with self._stem_lock:
+                tokens = bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False)
+            model.index(tokens, show_progress=False)
+        return model, stemmer
 
     def scores(self, query: str) -> Any:
         """BM25 score of every chunk (in :meth:`VectorIndex.chunks` order) for ``query``."""
+        return self._scores(self._ensure(), query)
+
+    def _scores(self, state: _BM25State, query: str) -> Any:
         import numpy as np
 
-        self._ensure()
-        if not self._chunks:
+        if not state.chunks:
             return np.zeros(0, dtype="float32")
-        if self._backend_used == "bm25s":
+        if state.backend == "bm25s":
             import bm25s
 
-            toks = bm25s.tokenize([query], stopwords="en", stemmer=self._stemmer, return_ids=False, show_progress=False)[0]
-            vocab = self._model.vocab_dict
+            with self._stem_lock:  # a PyStemmer stemmer must not be used by two threads at once
+                toks = bm25s.tokenize([query], stopwords="en", stemmer=state.stemmer, return_ids=False, show_progress=False)[0]
+            vocab = state.model.vocab_dict
             toks = [t for t in toks if t in vocab]
             if not toks:
-                return np.zeros(len(self._chunks), dtype="float32")
-            return np.asarray(self._model.get_scores(toks), dtype="float32")
-        return self._model.scores(query)
+                return np.zeros(len(state.chunks), dtype="float32")
+            return np.asarray(state.model.get_scores(toks), dtype="float32")
+        return state.model.scores(query)
 
     def search(self, query: str, k: int = 10, filters: Filters | None = None) -> list[Passage]:
         import numpy as np
 
-        s = self.scores(query)
+        state = self._ensure()
+        s = self._scores(state, query)
         if not len(s):
             return []
         if filters:
             s = s.copy()
-            s[[i for i, c in enumerate(self._chunks) if not matches_filters(c, filters)]] = -np.inf
+            s[[i for i, c in enumerate(state.chunks) if not matches_filters(c, filters)]] = -np.inf
         k = min(k, len(s))
         top = np.argpartition(-s, k - 1)[:k]
         top = top[np.argsort(-s[top], kind="stable")]
@@ -162,7 +181,7 @@ class BM25Index:
         for i in top.tolist():
             if not (np.isfinite(s[i]) and s[i] > 0):  # no query word in common, or filtered out
                 continue
-            c = self._chunks[i]
+            c = state.chunks[i]
             out.append(Passage(id=c.id, title=c.title, text=c.text, score=float(s[i]), doc_id=c.doc_id, metadata=c.metadata))
         return out
 
@@ -220,6 +239,8 @@ def reciprocal_rank_fusion(rankings: list[list[Passage]], k: int = 60, weights: 
 
 
 class _TextRetriever(Stage):
+    thread_safe: ClassVar[bool] = True  # run() keeps its state in locals; the index and BM25 are safe to search concurrently
+
     def __init__(self, index: VectorIndex, top_k: int = 10, filters: Filters | None = None) -> None:
         if top_k < 1:
             raise ValueError("top_k must be at least 1")

@@ -48,7 +48,9 @@ def job(tmp_path: Path, **extra: Any) -> GraphJob:
 
 
 def test_local_engine_runs_every_item_in_order_without_the_cache(tmp_path: Path) -> None:
+    here = Path.cwd()
     rows = list(LocalEngine().run(job(tmp_path)))
+    assert Path.cwd() == here  # in this process: the job's folder is for worker processes only
     assert [r["id"] for r in rows] == ["q0", "q1", "q2"]
     assert all(r["correct"] and r["error"] is None for r in rows)
     assert all("cache:" not in " ".join(r["timings"]["stages"]) for r in rows)

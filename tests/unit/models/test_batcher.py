@@ -12,7 +12,7 @@ from ragkit.models.llm import LocalLLM, _Batcher, _Request, looping
 
 
 def request(text: str, max_new_tokens: int = 8, beams: int = 1, constraint: Any = None) -> _Request:
-    return _Request(text, max_new_tokens, (), 0.0, beams, constraint, False)
+    return _Request(text, max_new_tokens, (), 0.0, beams, constraint)
 
 
 class Runner:
@@ -121,3 +121,29 @@ def test_max_repeats_is_off_or_at_least_two() -> None:
     for bad in (1, -1):
         with pytest.raises(ValueError, match="max_repeats must be 0"):
             LocalLLM(max_repeats=bad)
+
+
+class _CharTokenizer:
+    """Token id = character code; 0 is the end token."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return "".join(chr(i) for i in ids if i)
+
+
+def test_a_batch_streams_each_row_to_its_own_listener_up_to_its_end() -> None:
+    import torch
+
+    from ragkit.models.llm import _StepClock
+
+    heard: dict[str, list[str]] = {"a": [], "c": []}
+
+    def broken(piece: str) -> None:
+        raise ConnectionError("the client went away")
+
+    clock = _StepClock(_CharTokenizer(), [heard["a"].append, broken, None, heard["c"].append], stop=["!"], ends={0})
+    clock.put(torch.zeros((4, 3), dtype=torch.long))  # the prompt: not streamed
+    for step in ["hxyh", "i!zi", "!w0!", "?v00"]:
+        clock.put(torch.tensor([ord(ch) if ch != "0" else 0 for ch in step]))
+    assert heard["a"] == ["h", "i"]  # nothing from the stop string on
+    assert heard["c"] == ["h", "i"]  # ... nor after the end token
+    assert len(clock.times) == 4 and clock.rows[1].done  # the failing listener was dropped, the batch went on

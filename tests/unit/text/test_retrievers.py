@@ -109,3 +109,38 @@ def test_bad_input_and_parameters(index: VectorIndex) -> None:
         HybridRetriever(index=index, dense_weight=0, bm25_weight=0)
     with pytest.raises(ValueError, match="k1"):
         BM25Retriever(index=index, k1=0)
+
+
+def test_concurrent_searches_get_what_they_get_alone(index: VectorIndex) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    retriever = HybridRetriever(index=index, top_k=4)
+    retriever.warm_up()
+    questions = [c.title for c in index.chunks()][:12] * 4
+    alone = [[p.id for p in retriever.run(question=q).passages] for q in questions]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda q: [p.id for p in retriever.run(question=q).passages], questions))
+    assert together == alone
+
+
+def test_a_bm25_search_reads_one_build_while_the_index_changes(index: VectorIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+    retriever = BM25Retriever(index=index, top_k=3)
+    retriever.warm_up()
+    state = retriever._bm25._ensure()
+    real = retriever._bm25._scores
+
+    def scores_then_change(st: object, query: str) -> object:
+        out = real(st, query)  # type: ignore[arg-type]
+        if not getattr(scores_then_change, "done", False):
+            scores_then_change.done = True  # type: ignore[attr-defined]
+            # mid-search, another thread deletes chunks and its search rebuilds BM25 over what is left
+            index.delete([c.id for c in index.chunks()[:5]], save=False)
+            retriever._bm25._ensure()
+        return out
+
+    monkeypatch.setattr(retriever._bm25, "_scores", scores_then_change)
+    found = retriever.run(question="When was Harrow & Finch founded?").passages
+    assert found[0].id == "lib-p03"  # scores and chunks of one build: positions not shifted by the rebuild
+    assert "lib-p03" in {c.id for c in state.chunks[:5]}  # the rebuild did remove it, so mixing builds would show
+    rebuilt = retriever._bm25._ensure()
+    assert rebuilt.version == index.version and len(rebuilt.chunks) == len(state.chunks) - 5
