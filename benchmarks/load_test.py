@@ -1,6 +1,6 @@
 """Load test of ``ragkit serve``: N streamed chat completions at a bounded concurrency, on loopback.
 
-    python benchmarks/load_test.py [--requests 200] [--concurrency 8] [--pipeline FILE]
+    python benchmarks/load_test.py [--requests 200] [--concurrency 8] [--server-concurrency N] [--pipeline FILE]
 
 What it measures:
 
@@ -14,9 +14,10 @@ What it measures:
   Throughput is completed requests divided by the wall time from the first request to the last
   answer. An error is any non-200 status, an ``error`` event, a stream without ``[DONE]``, or a
   client exception (per-request time-out ``--timeout``).
-* The server runs one pipeline run at a time (the default for pipelines with non-thread-safe
-  components), so waiting requests queue in the server: the queue depth is sampled from
-  ``/metrics`` every 0.5 s.
+* The server runs ``--server-concurrency`` pipeline runs at once (default: the server's own, 4 for
+  a pipeline whose components are all thread-safe, as the shipped ones are; the local model decodes
+  concurrent runs' answers in batches); waiting requests queue in the server: the queue depth is
+  sampled from ``/metrics`` every 0.5 s.
 
 Only loopback traffic; the run is bounded in requests and in time (``--deadline``), and the server
 is always stopped. Writes ``benchmarks/results/load_test.json``.
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--max-queue", type=int, default=None, help="server --max-queue (default: 2 x concurrency)")
+    ap.add_argument("--server-concurrency", type=int, default=None, help="server --concurrency (default: the server's own choice)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     ap.add_argument("--deadline", type=float, default=3600.0, help="seconds for the whole run; requests not sent by then are reported")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "load_test.json"))
@@ -153,6 +155,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log = Path(tempfile.gettempdir()) / f"ragkit-load-test-{port}.log"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "ragkit.cli", "serve", args.pipeline, "--host", "127.0.0.1", "--port", str(port), "--max-queue", str(max_queue)]
+    if args.server_concurrency is not None:
+        cmd += ["--concurrency", str(args.server_concurrency)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -194,7 +198,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "what": "streamed POST /v1/chat/completions to `ragkit serve` on 127.0.0.1; latency = send to [DONE], TTFT = to the first content chunk",
         "command": "python benchmarks/load_test.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "pipeline": os.path.relpath(args.pipeline, ROOT),
-        "server": {"command": f"ragkit serve {os.path.relpath(args.pipeline, ROOT)} --host 127.0.0.1 --port <free> --max-queue {max_queue}", "concurrency": health["concurrency"], "max_queue": max_queue, "startup_seconds": round(startup, 1)},
+        "server": {"command": f"ragkit serve {os.path.relpath(args.pipeline, ROOT)} --host 127.0.0.1 --port <free> --max-queue {max_queue}"
+                   + (f" --concurrency {args.server_concurrency}" if args.server_concurrency is not None else ""), "concurrency": health["concurrency"], "max_queue": max_queue, "startup_seconds": round(startup, 1)},
         "requests": args.requests,
         "client_concurrency": args.concurrency,
         "completed": len(ok),
