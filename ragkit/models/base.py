@@ -65,7 +65,9 @@ class LLM(Resource):
         """Continue ``prompt`` (a raw string, or chat messages formatted by the model's template).
 
         With ``stream=True`` each new piece of text is passed to :func:`ragkit.emit_token` as it
-        is produced. Token counts and TTFT/TPOT go to the current stage's trace.
+        is produced (a model that produces it in another thread, as a batch does, calls the listener
+        :func:`ragkit.core.metrics.current_listener` returned in the caller's thread instead). Token
+        counts and TTFT/TPOT go to the current stage's trace.
 
         ``constraint`` (a :class:`~ragkit.query.constrain.TermConstraint`) limits the schema names a
         query may spell; models that decode elsewhere (remote APIs) cannot apply it and ignore it,
