@@ -204,12 +204,8 @@ class _TimingStreamer:
         self.ids.extend(int(x) for x in value.reshape(-1).tolist())
         if not (self.listener or self.stop) or self.stopped:
             return
-        text = self.tok.decode(self.ids, skip_special_tokens=True)
-        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
-        if cut >= 0:
-            self.stopped = True
-            text = text[:cut]
-        elif text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
+        text, self.stopped = _text_so_far(self.tok, self.ids, self.stop)
+        if text is None:
             return
         if self.listener is not None and text.startswith(self._sent):
             piece = text[len(self._sent) :]
@@ -219,6 +215,18 @@ class _TimingStreamer:
 
     def end(self) -> None:
         pass
+
+
+def _text_so_far(tok: Any, ids: list[int], stop: Sequence[str]) -> tuple[str | None, bool]:
+    """The text of ``ids`` up to its first stop string, and whether it has one; None (not stopped) while
+    the text ends inside a multi-byte character, whose rest is still to come."""
+    text = tok.decode(ids, skip_special_tokens=True)
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    if cut >= 0:
+        return text[:cut], True
+    if text.endswith("\ufffd"):
+        return None, False
+    return text, False
 
 
 def _stop_on_text(streamer: _TimingStreamer) -> Any:
@@ -942,11 +950,8 @@ class _StepClock:
                 row.done = True
                 continue
             row.ids.append(int(tokens[i]))
-            text = self.tok.decode(row.ids, skip_special_tokens=True)
-            cut = min((j for j in (text.find(s) for s in self.stop) if j >= 0), default=-1)
-            if cut >= 0:
-                row.done, text = True, text[:cut]
-            elif text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
+            text, row.done = _text_so_far(self.tok, row.ids, self.stop)
+            if text is None:
                 continue
             if text.startswith(row.sent) and len(text) > len(row.sent):
                 try:
