@@ -6,11 +6,12 @@ problem and exit with code 2, without a traceback; ``--debug`` (or ``RAGKIT_DEBU
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,32 +66,29 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _stop_on_terminate() -> Any:
+@contextlib.contextmanager
+def _stop_on_terminate() -> Iterator[None]:
     """While a long command runs, ``kill`` (SIGTERM) stops it as Ctrl-C does, so what it finished is kept.
 
     A job started in the background by a shell script ignores Ctrl-C's SIGINT, and schedulers and
     ``timeout`` send SIGTERM: without this, ``ragkit eval`` would die on the spot and lose the energy
     reading of its session (its finished predictions are on disk either way).
     """
-    import contextlib
     import signal
     import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
+        yield
+        return
 
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    @contextlib.contextmanager
-    def handler() -> Any:
-        if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
-            yield
-            return
-        previous = signal.signal(signal.SIGTERM, interrupt)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-
-    return handler()
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

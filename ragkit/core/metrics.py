@@ -191,15 +191,14 @@ def current_recorder() -> StageRecorder | None:
 
 def emit_token(text: str) -> None:
     """Hand a piece of generated text to whoever is streaming this run (no-op when nobody is)."""
-    ctx = _ctx.get()
-    if ctx.on_token is not None and (ctx.stream_stage is None or (ctx.recorder and ctx.recorder.trace.name == ctx.stream_stage)):
-        ctx.on_token(text)
+    listener = current_listener()
+    if listener is not None:
+        listener(text)
 
 
 def is_streaming() -> bool:
     """Whether tokens emitted now would reach a listener."""
-    ctx = _ctx.get()
-    return ctx.on_token is not None and (ctx.stream_stage is None or (ctx.recorder is not None and ctx.recorder.trace.name == ctx.stream_stage))
+    return current_listener() is not None
 
 
 def current_listener() -> TokenCallback | None:
@@ -209,7 +208,9 @@ def current_listener() -> TokenCallback | None:
     the caller's thread, and hands each row's text to its own listener.
     """
     ctx = _ctx.get()
-    return ctx.on_token if is_streaming() else None
+    if ctx.on_token is not None and (ctx.stream_stage is None or (ctx.recorder is not None and ctx.recorder.trace.name == ctx.stream_stage)):
+        return ctx.on_token
+    return None
 
 
 @contextlib.contextmanager
