@@ -152,14 +152,18 @@ def print_trace(trace: Any, file: Any = None) -> None:
 
 @cli.command()
 @click.argument("pipeline_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-q", "--question", help="The question to ask (the pipeline's 'question' input).")
+@click.argument("question_arg", metavar="[QUESTION]", required=False)
+@click.option("-q", "--question", help="The question to ask (the pipeline's 'question' input), as an option.")
 @click.option("-i", "--input", "extra", multiple=True, metavar="NAME=VALUE", help="Set another pipeline input (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with outputs and trace instead of streaming.")
 @_guard
-def run(pipeline_file: Path, question: str | None, extra: tuple[str, ...], as_json: bool) -> None:
-    """Run PIPELINE_FILE on a question: stream the answer, then print the per-stage table."""
+def run(pipeline_file: Path, question_arg: str | None, question: str | None, extra: tuple[str, ...], as_json: bool) -> None:
+    """Run PIPELINE_FILE on QUESTION (or -q): stream the answer, then print the per-stage table."""
     from ragkit.core.pipeline import Pipeline
 
+    if question_arg is not None and question is not None and question_arg != question:
+        raise UserError(f"two questions given ({question_arg!r} and -q {question!r}): pass one")
+    question = question if question is not None else question_arg
     pipe = Pipeline.from_yaml(pipeline_file)
     inputs: dict[str, Any] = {}
     if question is not None:
@@ -171,7 +175,7 @@ def run(pipeline_file: Path, question: str | None, extra: tuple[str, ...], as_js
         inputs[k] = v
     for name in pipe.inputs:
         if name not in inputs:
-            hint = "-q/--question" if name == "question" else f"-i {name}=VALUE"
+            hint = "it after the file, or -q/--question" if name == "question" else f"-i {name}=VALUE"
             if any(type(pipe.stages[s]).input_sockets()[f].required for s, f in pipe.inputs[name]):
                 raise UserError(f"{pipeline_file}: the pipeline needs its input '{name}' (pass {hint})")
     try:

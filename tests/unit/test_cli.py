@@ -231,8 +231,16 @@ def test_run_with_inputs_given_by_name(tmp_path: Path) -> None:
     assert proc.returncode == 0 and "-- answer --\nHI\n" in proc.stdout
 
 
+def test_run_takes_the_question_as_an_argument(tmp_path: Path) -> None:
+    proc = ragkit("run", str(fake_pipeline(tmp_path)), "Where does Ann live?", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["outputs"]["answer"] == ANSWER
+    both = ragkit("run", str(fake_pipeline(tmp_path)), "Where does Ann live?", "-q", "Where does Bob live?")
+    assert_user_error(both, "two questions given ('Where does Ann live?' and -q 'Where does Bob live?'): pass one")
+
+
 def test_run_without_the_question_is_a_user_error(tmp_path: Path) -> None:
-    assert_user_error(ragkit("run", str(fake_pipeline(tmp_path))), "needs its input 'question' (pass -q/--question)")
+    assert_user_error(ragkit("run", str(fake_pipeline(tmp_path))), "needs its input 'question' (pass it after the file, or -q/--question)")
 
 
 def test_run_with_an_unknown_input_is_a_user_error(tmp_path: Path) -> None:
