@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -183,6 +184,32 @@ def _collate(batch: Sequence[Encoded], pad_id: int, device: str) -> dict[str, An
     }
 
 
+def target_loss(model: Any, batch: Sequence[Encoded], pad_id: int, device: str = "cpu") -> Any:
+    """Mean cross-entropy over the target tokens of ``batch``, as the model's own loss, with logits
+    computed only from the first position that predicts a target.
+
+    The prompt (instructions, schema, examples) is most of a sequence and needs no logits: a
+    vocabulary projection over every position was most of a step's memory.
+    """
+    import torch
+
+    inputs = _collate(batch, pad_id, device)
+    labels = inputs.pop("labels")
+    n = labels.shape[1]
+    first = min(next((i for i, x in enumerate(e.labels) if x != IGNORE), n) for e in batch)
+    start = min(max(first - 1, 0), n - 1)  # the position whose logits predict the first target
+    if _keeps_logits(model):
+        inputs["logits_to_keep"] = n - start
+    logits = model(**inputs).logits[:, -(n - start) :][:, :-1].float()  # positions start .. n-2
+    target = labels[:, start + 1 :]  # the tokens they predict
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE)
+
+
+def _keeps_logits(model: Any) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
 def sequence_loss(model: Any, seqs: Sequence[Encoded], pad_id: int, device: str = "cpu") -> float:
     """Mean loss per target token over ``seqs`` (no gradient): how well the model writes their queries."""
     import torch
@@ -192,9 +219,9 @@ def sequence_loss(model: Any, seqs: Sequence[Encoded], pad_id: int, device: str 
     model.eval()
     with torch.no_grad():
         for e in seqs:
-            out = model(**_collate([e], pad_id, device))
+            loss = target_loss(model, [e], pad_id, device)
             n = sum(1 for x in e.labels[1:] if x != IGNORE)  # the loss is over shifted labels
-            total += float(out.loss.detach()) * n
+            total += float(loss) * n
             count += n
     if was_training:
         model.train()
@@ -306,9 +333,9 @@ def train_adapter(
         step_loss = 0.0
         for _ in range(opts.grad_accum):
             batch = next(stream)
-            out = model(**_collate(batch, pad_id, device))
-            (out.loss / opts.grad_accum).backward()
-            step_loss += float(out.loss.detach()) / opts.grad_accum
+            loss = target_loss(model, batch, pad_id, device)
+            (loss / opts.grad_accum).backward()
+            step_loss += float(loss.detach()) / opts.grad_accum
             tokens += sum(len(e.input_ids) for e in batch)
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         optimizer.step()

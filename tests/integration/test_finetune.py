@@ -82,3 +82,41 @@ def test_the_committed_adapter_fits_the_bundled_model() -> None:
     plain = LocalLLM(dtype="float32").generate(prompt, max_new_tokens=12).text
     tuned = LocalLLM(dtype="float32", adapter=str(folder)).generate(prompt, max_new_tokens=12).text
     assert tuned != plain
+
+
+@pytest.mark.parametrize("keeps_logits", [True, False])
+def test_the_target_loss_equals_the_models_own_loss(monkeypatch: pytest.MonkeyPatch, keeps_logits: bool) -> None:
+    """Logits only from the first target position on: the same loss and gradients as transformers' own loss.
+
+    A tiny random Llama with LoRA; a batch whose prompts differ in length, so rows are padded and
+    one row's prompt positions fall inside the kept window. ``keeps_logits=False`` is the path of a
+    model whose forward has no ``logits_to_keep``.
+    """
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ragkit.finetune import trainer
+    from ragkit.finetune.data import Encoded, encode
+
+    monkeypatch.setattr(trainer, "_keeps_logits", lambda model: keeps_logits)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    model = get_peft_model(LlamaForCausalLM(cfg), LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False))
+    tok = {"a": [5, 6, 7, 8, 9, 10, 11, 12, 13], "b": [14, 15, 16], "x": [20, 21, 22], "y": [23, 24, 25, 26, 27]}
+    batch = [encode("1", "a", "x", tok.__getitem__), encode("2", "b", "y", tok.__getitem__)]
+    assert [e.prompt_tokens for e in batch] == [9, 3]
+
+    def grads(loss_of):
+        model.zero_grad()
+        loss = loss_of()
+        loss.backward()
+        return float(loss.detach()), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    ours, g_ours = grads(lambda: trainer.target_loss(model, batch, pad_id=0))
+    theirs, g_theirs = grads(lambda: model(**trainer._collate(batch, 0, "cpu")).loss)
+    assert ours == pytest.approx(theirs, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_ours, g_theirs))
+    lone: Encoded = batch[0]
+    assert trainer.sequence_loss(model, [lone], 0) == pytest.approx(float(model(**trainer._collate([lone], 0, "cpu")).loss.detach()), rel=1e-5)
