@@ -542,6 +542,13 @@ def _print_tokenomics(reports: list[dict[str, Any]]) -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for subsampling, folds, order and initialisation.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch (default: $RAGKIT_NUM_THREADS or torch's).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option(
+    "--mixed-precision",
+    default="none",
+    show_default=True,
+    type=click.Choice(["none", "bf16"]),
+    help="bf16: forward passes in bfloat16 under autocast (LoRA weights and optimizer stay float32).",
+)
 @click.option("--save-every", default=50, show_default=True, type=int, help="Checkpoint every N steps.")
 @click.option("--resume/--no-resume", default=True, help="Continue from OUTPUT/checkpoint when it is of the same run.")
 @_guard

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -77,6 +78,7 @@ class FinetuneOptions:
     seed: int = 0
     threads: int | None = None
     device: str = "auto"
+    mixed_precision: str = "none"
     save_every: int = 50
     warmup: int = 10
     probe: int = 8
@@ -97,6 +99,8 @@ class FinetuneOptions:
             raise UserError("--max-steps must be at least 1")
         if self.examples < 0:
             raise UserError("--examples must be 0 or more")
+        if self.mixed_precision not in ("none", "bf16"):
+            raise UserError(f"unknown --mixed-precision {self.mixed_precision!r} (use none or bf16)")
 
 
 class _TokenizerLLM(LocalLLM):
@@ -320,6 +324,8 @@ def train_adapter(
             epoch += 1
 
     stream = micro_batches()
+    # bf16: the forward's matrix products in bfloat16, the LoRA weights, optimizer and loss in float32
+    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if opts.mixed_precision == "bf16" else contextlib.nullcontext()
     for _ in range(step * opts.grad_accum):  # a resumed run continues where the data order was
         next(stream)
     if progress is not None:
@@ -333,7 +339,8 @@ def train_adapter(
         step_loss = 0.0
         for _ in range(opts.grad_accum):
             batch = next(stream)
-            loss = target_loss(model, batch, pad_id, device)
+            with autocast:
+                loss = target_loss(model, batch, pad_id, device)
             (loss / opts.grad_accum).backward()
             step_loss += float(loss.detach()) / opts.grad_accum
             tokens += sum(len(e.input_ids) for e in batch)
@@ -366,6 +373,7 @@ def train_adapter(
             "peak_rss_mb": _peak_rss_mb(),
             "device": device,
             "dtype": dtype,
+            "mixed_precision": opts.mixed_precision,
             "threads": _threads(),
         },
     )

@@ -84,6 +84,44 @@ def test_the_committed_adapter_fits_the_bundled_model() -> None:
     assert tuned != plain
 
 
+def _tiny_llama(seed: int = 0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    return LlamaForCausalLM(cfg)
+
+
+def test_bf16_mixed_precision_trains_float32_lora_weights(tmp_path: Path) -> None:
+    """``--mixed-precision bf16``: the forward runs under autocast (its losses differ from float32's, a
+    little), the adapter's weights stay float32, and it learns as the float32 run does."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    from safetensors.torch import load_file
+
+    from ragkit.finetune.data import encode
+    from ragkit.finetune.trainer import FinetuneOptions, train_adapter
+
+    base = tmp_path / "tiny"
+    _tiny_llama().save_pretrained(base)
+    seqs = [encode(str(i), "p", "t", lambda s, i=i: list(range(3 + i, 9 + 2 * i)) if s == "p" else list(range(40 + i, 46 + i))) for i in range(4)]
+    runs = {}
+    for mp in ("none", "bf16"):
+        opts = FinetuneOptions(
+            language="sparql", output=str(tmp_path / mp), model=str(base), device="cpu", mixed_precision=mp,
+            max_steps=6, batch_size=2, grad_accum=1, lr=5e-3, warmup=1, probe=4, rank=4, alpha=8, dropout=0.0,
+        )  # fmt: skip
+        runs[mp] = train_adapter(seqs, opts, tmp_path / mp, {}, pad_id=0)
+    plain, mixed = runs["none"], runs["bf16"]
+    assert mixed["throughput"]["mixed_precision"] == "bf16" and mixed["throughput"]["dtype"] == "float32"
+    assert mixed["losses"] != plain["losses"]  # bf16 products round differently
+    assert mixed["losses"] == pytest.approx(plain["losses"], rel=0.05)
+    assert mixed["loss_after"] < mixed["loss_before"]
+    weights = load_file(str(tmp_path / "bf16" / "adapter_model.safetensors"))
+    assert weights and all(w.dtype == torch.float32 for w in weights.values())
+
+
 @pytest.mark.parametrize("keeps_logits", [True, False])
 def test_the_target_loss_equals_the_models_own_loss(monkeypatch: pytest.MonkeyPatch, keeps_logits: bool) -> None:
     """Logits only from the first target position on: the same loss and gradients as transformers' own loss.
@@ -95,15 +133,12 @@ def test_the_target_loss_equals_the_models_own_loss(monkeypatch: pytest.MonkeyPa
     torch = pytest.importorskip("torch")
     pytest.importorskip("peft")
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from ragkit.finetune import trainer
     from ragkit.finetune.data import Encoded, encode
 
     monkeypatch.setattr(trainer, "_keeps_logits", lambda model: keeps_logits)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-    model = get_peft_model(LlamaForCausalLM(cfg), LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False))
+    model = get_peft_model(_tiny_llama(), LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False))
     tok = {"a": [5, 6, 7, 8, 9, 10, 11, 12, 13], "b": [14, 15, 16], "x": [20, 21, 22], "y": [23, 24, 25, 26, 27]}
     batch = [encode("1", "a", "x", tok.__getitem__), encode("2", "b", "y", tok.__getitem__)]
     assert [e.prompt_tokens for e in batch] == [9, 3]
