@@ -192,8 +192,8 @@ def target_loss(model: Any, batch: Sequence[Encoded], pad_id: int, device: str =
     """Mean cross-entropy over the target tokens of ``batch``, as the model's own loss, with logits
     computed only from the first position that predicts a target.
 
-    The prompt (instructions, schema, examples) is most of a sequence and needs no logits: a
-    vocabulary projection over every position was most of a step's memory.
+    The prompt (instructions, schema, examples) is most of a sequence and needs no logits: its
+    projection onto the vocabulary is work and memory spent on nothing.
     """
     import torch
 
