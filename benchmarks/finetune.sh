@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/finetune.sh throughput   # a short run: tokens/s and s/step, to size a full run
 #   bash benchmarks/finetune.sh train-fast   # the adapter the README's figures use: 70 steps on 600 pairs (~35 min, 2 cores)
+#   bash benchmarks/finetune.sh train-fast-cypher   # the same recipe in Cypher, on text2cypher's other graphs
 #   bash benchmarks/finetune.sh train        # the real training runs (hours on a CPU; use a quiet machine)
 #   bash benchmarks/finetune.sh eval         # retrieval alone / fine-tuning alone / both
 #
@@ -32,6 +33,13 @@ train-fast)
     --limit 600 --max-steps 70 --batch-size 4 --grad-accum 2 --lr 6e-4 --rank 16 --alpha 32 \
     --threads "$THREADS" --save-every 10 --output adapters/spider4sparql-sparql-noex
   ;;
+train-fast-cypher)
+  # Cypher, no examples in the prompts (fine-tuning alone; kgqa_cypher_finetuned.yaml): 600 sampled
+  # text2cypher pairs over 13 graphs other than movies, with their schemas (train_schemas.jsonl).
+  "$RAGKIT" finetune --train "$DATA/movies/train_other_graphs.jsonl" --language cypher --examples 0 --max-length 768 \
+    --limit 600 --max-steps 70 --batch-size 4 --grad-accum 2 --lr 6e-4 --rank 16 --alpha 32 \
+    --threads "$THREADS" --save-every 10 --output adapters/text2cypher-cypher-noex
+  ;;
 train)
   # SPARQL: with 2 retrieved examples in each prompt (for the RAG+FT pipeline) and without (FT alone).
   "$RAGKIT" finetune --train "$DATA/spider4sparql/train.jsonl" --language sparql --examples 2 \
@@ -54,7 +62,7 @@ eval)
     --report "$OUT/finetune_movies.json"
   ;;
 *)
-  echo "usage: $0 throughput|train-fast|train|eval" >&2
+  echo "usage: $0 throughput|train-fast|train-fast-cypher|train|eval" >&2
   exit 2
   ;;
 esac

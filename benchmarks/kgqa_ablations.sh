@@ -46,6 +46,12 @@ else
 fi
 [ "$what" = "movies" ] || "$RAGKIT" eval "${sparql[@]}" --dataset "$DATA/spider4sparql" --predictions "$OUT/predictions/spider4sparql" \
   "${slice[@]}" --skip-answer --report "$OUT/kgqa_ablations_spider4sparql.json"
-[ "$what" = "spider" ] || "$RAGKIT" eval pipelines/baselines/cypher_schema_only.yaml pipelines/kgqa_cypher.yaml "$A/cypher_no_constraint.yaml" \
+cypher=(pipelines/baselines/cypher_schema_only.yaml pipelines/kgqa_cypher.yaml "$A/cypher_no_constraint.yaml")
+if [ -d adapters/text2cypher-cypher-noex ]; then
+  cypher+=(pipelines/kgqa_cypher_finetuned.yaml)
+elif [ "$what" != "spider" ]; then
+  echo "no adapter in adapters/text2cypher-cypher-noex: the fine-tuned Cypher row is left out (bash benchmarks/finetune.sh train-fast-cypher)" >&2
+fi
+[ "$what" = "spider" ] || "$RAGKIT" eval "${cypher[@]}" \
   --dataset "$DATA/movies" --predictions "$OUT/predictions/movies" "${mslice[@]}" --skip-answer \
   --report "$OUT/kgqa_ablations_movies.json"
