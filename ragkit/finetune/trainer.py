@@ -26,7 +26,6 @@ import os
 import random
 import shutil
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,7 @@ from ragkit.finetune.data import (
     read_cypher_schemas,
     read_pairs,
 )
-from ragkit.models.adapters import ADAPTER_META, FOLDS_META, file_sha256, model_fingerprint
+from ragkit.models.adapters import ADAPTER_META, FOLDS_META, file_sha256, model_fingerprint, quiet_peft_noise
 from ragkit.models.llm import LocalLLM, choose_device, quiet_progress_bars, resolve_model_path
 from ragkit.stores.base import GraphSchema
 
@@ -283,7 +282,7 @@ def train_adapter(
         raise MissingDependencyError(e.name or "peft", "finetune", "ragkit finetune") from None
     if not seqs:
         raise InputError("no training sequence fits --max-length (raise it, or lower --examples)")
-    _quiet_library_noise()
+    quiet_peft_noise()
     random.seed(opts.seed)
     torch.manual_seed(opts.seed)
     device, dtype = choose_device(opts.device, "float32" if opts.device in ("auto", "cpu") else "auto")
@@ -382,13 +381,6 @@ def train_adapter(
     (output / ADAPTER_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
     shutil.rmtree(ckpt, ignore_errors=True)
     return meta
-
-
-def _quiet_library_noise() -> None:
-    """Silence two messages every training run printed, neither about the user's input: peft reading a
-    deprecated transformers property, and huggingface_hub finding no model card when the adapter is saved."""
-    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
-    logging.getLogger("huggingface_hub.repocard").setLevel(logging.ERROR)
 
 
 def _peak_rss_mb() -> float | None:

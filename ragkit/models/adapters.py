@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ __all__ = [
     "fold_for_item",
     "adapter_key",
     "apply_adapter",
+    "quiet_peft_noise",
 ]
 
 ADAPTER_META = "ragkit_adapter.json"
@@ -171,6 +173,7 @@ def apply_adapter(model: Any, adapter: str | Path, base_path: str | Path, *, mer
         from peft import PeftModel
     except ImportError:
         raise MissingDependencyError("peft", "finetune", "loading a LoRA adapter") from None
+    quiet_peft_noise()
     try:
         wrapped = PeftModel.from_pretrained(model, str(Path(adapter).expanduser()), is_trainable=False)
     except Exception as e:
@@ -178,3 +181,11 @@ def apply_adapter(model: Any, adapter: str | Path, base_path: str | Path, *, mer
     if merge:
         return wrapped.merge_and_unload()
     return wrapped
+
+
+def quiet_peft_noise() -> None:
+    """Silence two messages that every adapter load or training run printed, neither about the user's
+    input: peft reading a deprecated transformers property, and huggingface_hub finding no model card
+    when an adapter is saved."""
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+    logging.getLogger("huggingface_hub.repocard").setLevel(logging.ERROR)
