@@ -7,7 +7,7 @@ import re
 from ragkit.query.text import reply_body
 from ragkit.stores.base import GraphSchema
 
-__all__ = ["extract_cypher", "cypher_terms", "unknown_cypher_terms"]
+__all__ = ["extract_cypher", "cypher_terms", "unknown_cypher_terms", "misdirected_relationships"]
 
 # A query starts at its first clause. Write clauses count too (upper-case only, so prose like "create"
 # does not), so that "MERGE (n) RETURN n" reaches the read-only guard whole, not as "RETURN n".
@@ -47,11 +47,13 @@ def cypher_terms(query: str) -> list[str]:
             t = t.strip().strip("`")
             if t:
                 named.append(f"relationship :{t}")
-    # n.key — property keys of nodes and relationships (not function calls such as date.truncate())
-    for m in re.finditer(r"(?<![\w.])([A-Za-z_]\w*)\.(`[^`]+`|[A-Za-z_]\w*\b)(?!\s*\()", q):
+    # n.key — property keys of nodes and relationships (not function calls such as date.truncate()
+    # or apoc.date.format())
+    for m in re.finditer(r"(?<![\w.])([A-Za-z_]\w*)\.(`[^`]+`|[A-Za-z_]\w*\b)(?!\s*\(|\.\w)", q):
         named.append(f"property .{m.group(2).strip('`')}")
-    # {key: value} inside a node or relationship pattern: (n:Label {key: ...}), [r:TYPE {key: ...}]
-    for m in re.finditer(r"[(\[]\s*\w*\s*(?::\s*(?:`[^`]+`|[\w|]+)\s*)*\{([^{}]*)\}\s*[)\]]", q):
+    # {key: value} inside a node or relationship pattern: (n:Label {key: ...}), [r:TYPE {key: ...}];
+    # not a map passed to a function, as in duration({days: 30})
+    for m in re.finditer(r"(?:(?<![\w.])\(|\[)\s*\w*\s*(?::\s*(?:`[^`]+`|[\w|]+)\s*)*\{([^{}]*)\}\s*[)\]]", q):
         for k in re.findall(r"(?:^|,)\s*(`[^`]+`|\w+)\s*:", m.group(1)):
             named.append(f"property .{k.strip('`')}")
     return list(dict.fromkeys(named))
@@ -73,3 +75,66 @@ def unknown_cypher_terms(query: str, schema: GraphSchema) -> list[str]:
         elif t not in known:
             out.append(t)
     return out
+
+
+_NAME = r"(?:`[^`]+`|\w+)"
+_NODE = rf"\(\s*(\w*)\s*((?::\s*{_NAME}\s*)*)(?:\{{[^{{}}]*\}})?\s*\)"
+# one hop: <-[r:TYPE|OTHER*1..2 {k: v}]-> ; the types, a variable length and the arrows are captured
+_REL = rf"(<?)-\s*(?:\[\s*\w*\s*(?::\s*((?:{_NAME}\s*\|?\s*:?\s*)+))?\s*(\*[\d.\s]*)?\s*(?:\{{[^{{}}]*\}})?\s*\])?\s*-(>?)"
+_HOP = re.compile(rf"{_NODE}\s*{_REL}\s*(?={_NODE})")
+_NODE_RE = re.compile(_NODE)
+
+
+def _labels(text: str) -> set[str]:
+    return {a or b for a, b in re.findall(r":\s*(?:`([^`]+)`|(\w+))", text)}
+
+
+def misdirected_relationships(query: str, schema: GraphSchema) -> list[str]:
+    """Relationship patterns whose end labels or direction the schema does not have, as
+    ``(:Movie)-[:REVIEWED]->(:Movie)`` (what the query wrote) ``-> (:Person)-[:REVIEWED]->(:Movie)``
+    (what the schema has).
+
+    A node's labels come from its pattern, or from the pattern that bound its variable elsewhere in
+    the query; a node without labels matches any. Only types whose start and end labels the schema
+    lists are checked, and variable-length hops are not (their ends are several hops apart).
+    """
+    q = _strip_strings(query)
+    ends = {p.name: (set(p.domains), set(p.ranges)) for p in schema.properties if p.kind == "relationship" and p.domains and p.ranges}
+    if not ends:
+        return []
+    bound: dict[str, set[str]] = {}
+    for m in _NODE_RE.finditer(q):
+        if m.group(1) and m.group(2):
+            bound.setdefault(m.group(1), set()).update(_labels(m.group(2)))
+    out = []
+    for m in _HOP.finditer(q):
+        lvar, llabels, left_arrow, types, hops, right_arrow = m.groups()[:6]
+        rnode = _NODE_RE.match(q, m.end())
+        if not types or hops or rnode is None:
+            continue
+        a = _labels(llabels) or bound.get(lvar, set())
+        b = _labels(rnode.group(2)) or bound.get(rnode.group(1), set())
+        names = [t for t in (x.strip().strip("`") for x in re.split(r"[|:]", types)) if t in ends]
+        if not names:
+            continue  # an unknown type is reported as an unknown term
+
+        def fits(start: set[str], end: set[str]) -> bool:
+            return any((not start or start & ends[t][0]) and (not end or end & ends[t][1]) for t in names)
+
+        if left_arrow and not right_arrow:
+            ok = fits(b, a)
+        elif right_arrow and not left_arrow:
+            ok = fits(a, b)
+        else:
+            ok = fits(a, b) or fits(b, a)
+        if ok:
+            continue
+        arrow = ("<-", "-") if left_arrow and not right_arrow else ("-", "->") if right_arrow else ("-", "-")
+        wrote = f"({_show(a)}){arrow[0]}[:{'|'.join(names)}]{arrow[1]}({_show(b)})"
+        has = "; ".join(f"({_show(ends[t][0])})-[:{t}]->({_show(ends[t][1])})" for t in names)
+        out.append(f"{wrote} (the schema has {has})")
+    return list(dict.fromkeys(out))
+
+
+def _show(labels: set[str]) -> str:
+    return "|".join(f":{x}" for x in sorted(labels))

@@ -1,7 +1,8 @@
 """Text-to-Cypher with a local model, the schema, linked entities and retrieved few-shot examples.
 
 Replies are cleaned (code fences and trailing prose removed) and checked by the read-only guard and
-against the schema's node labels and relationship types. See :mod:`ragkit.stages.querygen.base`
+against the schema: its node labels, relationship types and property keys, and each relationship
+pattern's direction and end labels. See :mod:`ragkit.stages.querygen.base`
 for how candidates are made.
 
 Example:
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from ragkit.core.component import register_stage
 from ragkit.errors import QueryError
-from ragkit.query.cypher import extract_cypher, unknown_cypher_terms
+from ragkit.query.cypher import extract_cypher, misdirected_relationships, unknown_cypher_terms
 from ragkit.query.guard import check_read_only
 from ragkit.stages.querygen.base import QueryGenerator, unknown_terms_message
 from ragkit.stores.base import GraphSchema
@@ -69,4 +70,7 @@ class CypherQueryGenerator(QueryGenerator):
                     "property": [f".{p.name}" for p in schema.properties if p.kind != "relationship"],
                 },
             )
+        wrong = misdirected_relationships(query, schema)
+        if wrong:
+            return "relationship pattern not in the schema: " + "; ".join(wrong) + "; follow the directions and end labels the schema shows"
         return None

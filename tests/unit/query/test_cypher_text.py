@@ -1,11 +1,11 @@
-"""Cypher text utilities: extracting a query from a model's reply and checking its labels and
-relationship types against the schema."""
+"""Cypher text utilities: extracting a query from a model's reply and checking its labels,
+relationship types and relationship patterns against the schema."""
 
 from __future__ import annotations
 
 import pytest
 
-from ragkit.query.cypher import extract_cypher, unknown_cypher_terms
+from ragkit.query.cypher import extract_cypher, misdirected_relationships, unknown_cypher_terms
 from ragkit.stores.base import GraphSchema, SchemaClass, SchemaProperty
 
 Q = "MATCH (p:Person)-[:LIVES_IN]->(c:City) RETURN c.name"
@@ -97,8 +97,46 @@ def test_unknown_cypher_terms(query: str, bad: list[str]) -> None:
         ("MATCH (p:Person) WHERE p.age > 3 RETURN p.nmae", ["property .age", "property .nmae"]),
         ("MATCH (p:Person {nam: 'Ann'}) RETURN p.name", ["property .nam"]),
         ("MATCH (p:Person) RETURN p.name, date.truncate('year', date()) AS y", []),  # a function, not a key
+        ("MATCH (p:Person) RETURN apoc.date.format(p.born, 'ms', 'yyyy') AS y", ["property .born"]),  # namespaced
+        ("MATCH (p:Person) WHERE p.name >= date() - duration({days: 30}) RETURN p", []),  # a map argument
+        ("MATCH (p:Person) WHERE p.name >= datetime({year: date().year - 1}) RETURN p", []),
         ("MATCH (p:Person) RETURN p.`name`", []),
     ],
 )
 def test_unknown_property_keys(query: str, bad: list[str]) -> None:
     assert unknown_cypher_terms(query, SCHEMA) == bad
+
+
+# ---- misdirected_relationships ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("query", "wrong"),
+    [
+        (Q, []),
+        ("MATCH (c:City)<-[:LIVES_IN]-(p:Person) RETURN c", []),
+        ("MATCH (c:City)-[:LIVES_IN]-(p:Person) RETURN c", []),  # undirected: either way
+        ("MATCH (p)-[:LIVES_IN]->(c) RETURN c", []),  # no labels: nothing to check
+        ("MATCH (a:Person)-->(b:City) RETURN a", []),  # no type
+        ("MATCH (a:City)-[:LIVES_IN*1..3]->(b:Person) RETURN a", []),  # variable length: ends are hops apart
+        ("MATCH (p:Person)-[:KNOWS]->(c:City) RETURN c", []),  # an unknown type is an unknown term, not this
+        ("MATCH (c:City {name: '(a:City)-[:LIVES_IN]->(b:City)'}) RETURN c", []),  # inside a string
+        ("MATCH (c:City)-[:LIVES_IN]->(p:Person) RETURN c", ["(:City)-[:LIVES_IN]->(:Person) (the schema has (:Person)-[:LIVES_IN]->(:City))"]),
+        ("MATCH (c:City)<-[r:LIVES_IN]-(x:City) RETURN c", ["(:City)<-[:LIVES_IN]-(:City) (the schema has (:Person)-[:LIVES_IN]->(:City))"]),
+        # the variable's labels come from where it was bound
+        ("MATCH (c:City) MATCH (c)-[:LIVES_IN]->(x) RETURN x", ["(:City)-[:LIVES_IN]->() (the schema has (:Person)-[:LIVES_IN]->(:City))"]),
+        # every hop of a path, and anonymous nodes
+        (
+            "MATCH (p:Person)-[:LIVES_IN]->(:City)<-[:ACTED_IN]-(:Person) RETURN p",
+            ["(:City)<-[:ACTED_IN]-(:Person) (the schema has (:Film Star)-[:ACTED_IN]->(:City))"],
+        ),
+        ("MATCH (p:`Film Star`)-[:ACTED_IN]->(c:City) RETURN p", []),
+        ("MATCH (p:Person)-[:LIVES_IN|ACTED_IN]->(c:City) RETURN p", []),  # one of the types fits
+    ],
+)
+def test_misdirected_relationships(query: str, wrong: list[str]) -> None:
+    assert misdirected_relationships(query, SCHEMA) == wrong
+
+
+def test_relationships_without_recorded_ends_are_not_checked() -> None:
+    bare = GraphSchema(language="cypher", properties=(SchemaProperty(name="LIVES_IN", kind="relationship"),))
+    assert misdirected_relationships("MATCH (c:City)-[:LIVES_IN]->(p:Person) RETURN c", bare) == []
+

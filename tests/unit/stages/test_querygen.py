@@ -359,6 +359,10 @@ def cypher(gen: CypherQueryGenerator, question: str = QUESTION, **kw: Any) -> Qu
     [
         ("MATCH (p:Persn)-[:LIVES_IN]->(c:City) RETURN c.name", "unknown label :Persn (did you mean :Person?)"),
         ("MATCH (p:Person)-[:LIVES]->(c:City) RETURN c.name", "unknown relationship :LIVES (did you mean :LIVES_IN?)"),
+        (
+            "MATCH (c:City)-[:LIVES_IN]->(p:Person) RETURN c.name",
+            "relationship pattern not in the schema: (:City)-[:LIVES_IN]->(:Person) (the schema has (:Person)-[:LIVES_IN]->(:City))",
+        ),
     ],
 )
 def test_cypher_unknown_terms_are_reported_and_repaired(reply: str, error: str) -> None:
