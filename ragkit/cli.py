@@ -549,6 +549,11 @@ def _print_tokenomics(reports: list[dict[str, Any]]) -> None:
     type=click.Choice(["none", "bf16"]),
     help="bf16: forward passes in bfloat16 under autocast (LoRA weights and optimizer stay float32).",
 )
+@click.option(
+    "--keep-failing",
+    is_flag=True,
+    help="Train also on pairs whose query fails the query generator's checks against its schema (left out by default).",
+)
 @click.option("--save-every", default=50, show_default=True, type=int, help="Checkpoint every N steps.")
 @click.option("--resume/--no-resume", default=True, help="Continue from OUTPUT/checkpoint when it is of the same run.")
 @_guard

@@ -331,6 +331,14 @@ class PromptBuilder:
         self.language = language
         self.schemas = schemas
         self.schema_tokens = schema_tokens
+        self._checked: dict[tuple[str, str], str | None] = {}
+
+    def check(self, pair: TrainPair) -> str | None:
+        """What the query generator's own check says of ``pair``'s query on its graph's schema (None: it passes)."""
+        key = (pair.graph, pair.query)
+        if key not in self._checked:
+            self._checked[key] = self.generator.check(pair.query, self.schemas(pair.graph))
+        return self._checked[key]
 
     def schema_text(self, pair: TrainPair, examples: Sequence[TrainPair], budget: int | None) -> str:
         """What the schema reader stage writes: examples' prefixes adopted (SPARQL), pruned to the budget."""
@@ -410,6 +418,9 @@ class BuildStats:
     fewer_examples: int = 0
     smaller_schema: int = 0
     skipped_ids: list[str] = field(default_factory=list)
+    failing_checks: int = 0
+    """Pairs left out because their own query fails the checks inference applies to a generated one."""
+    failing_ids: list[str] = field(default_factory=list)
 
 
 def build_sequences(
@@ -420,16 +431,28 @@ def build_sequences(
     *,
     examples: int = 2,
     max_length: int = 1024,
+    drop_failing: bool = True,
 ) -> tuple[list[Encoded], BuildStats]:
     """Encode ``pairs`` with up to ``examples`` retrieved from ``pool``, each at most ``max_length`` tokens.
+
+    With ``drop_failing``, a pair whose query fails the query generator's own checks against its
+    graph's schema (the read-only guard, the parser, unbound selected variables, unknown terms, a
+    relationship against its direction) is left out, and never shown as an example: a model trained
+    on it learns to write what inference rejects.
 
     A sequence that is too long first loses its farthest examples, then gets a schema pruned to half,
     then a quarter of the budget (as the reader prunes it: the properties least related to the
     question go first); one that still does not fit is left out (counted in the stats).
     """
     stats = BuildStats(pairs=len(pairs))
+    if drop_failing and examples > 0:
+        pool = [q for q in pool if builder.check(q) is None]
     out = []
     for pair in pairs:
+        if drop_failing and builder.check(pair) is not None:
+            stats.failing_checks += 1
+            stats.failing_ids.append(pair.id)
+            continue
         exs = nearest_examples(pair, pool, examples)
         target = target_query(pair.query)
         full = builder.schema_tokens or 1200

@@ -34,6 +34,7 @@ from typing import Any
 from ragkit.errors import InputError, MissingDependencyError, UserError
 from ragkit.finetune.data import (
     IGNORE,
+    BuildStats,
     Encoded,
     PromptBuilder,
     SchemaBook,
@@ -79,6 +80,7 @@ class FinetuneOptions:
     threads: int | None = None
     device: str = "auto"
     mixed_precision: str = "none"
+    keep_failing: bool = False
     save_every: int = 50
     warmup: int = 10
     probe: int = 8
@@ -464,11 +466,12 @@ def finetune(
         base_meta["bank"] = {"path": str(bank), "sha256": file_sha256(bank), "items": len(bank_pairs)}
     out = Path(opts.output)
     pad_id = int(tok.pad_token_id)
+    build_opts: dict[str, Any] = {"examples": opts.examples, "max_length": opts.max_length, "drop_failing": not opts.keep_failing}
     results = []
     if folds is None:
-        seqs, stats = build_sequences(all_pairs, book_pairs, builder, tokenize, examples=opts.examples, max_length=opts.max_length)
-        log(f"{stats.kept} sequences from {stats.pairs} pairs ({stats.too_long} too long for --max-length {opts.max_length}, {stats.fewer_examples} with fewer examples)")
-        meta = {**base_meta, "sequences": stats.kept, "build": dataclasses.asdict(stats) | {"skipped_ids": stats.skipped_ids[:100]}}
+        seqs, stats = build_sequences(all_pairs, book_pairs, builder, tokenize, **build_opts)
+        log(_build_line(stats, opts))
+        meta = {**base_meta, "sequences": stats.kept, "build": _build_meta(stats)}
         results.append(train_adapter(seqs, opts, out, meta, pad_id, progress(out.name) if progress else None))
         return results
     splits = make_folds(bank_pairs, folds, opts.seed)
@@ -476,8 +479,8 @@ def finetune(
     for fold in splits:
         name = f"fold-{fold.index}"
         # examples come only from what this fold may see
-        seqs, stats = build_sequences(general + fold.train, general_full + fold.train, builder, tokenize, examples=opts.examples, max_length=opts.max_length)
-        log(f"{name}: {stats.kept} sequences; {len(fold.held_out)} items held out, {len(fold.dropped)} equivalents dropped")
+        seqs, stats = build_sequences(general + fold.train, general_full + fold.train, builder, tokenize, **build_opts)
+        log(f"{name}: {_build_line(stats, opts)}; {len(fold.held_out)} items held out, {len(fold.dropped)} equivalents dropped")
         meta = {
             **base_meta,
             "fold": fold.index,
@@ -485,12 +488,23 @@ def finetune(
             "held_out_ids": [p.id for p in fold.held_out],
             "dropped_ids": fold.dropped,
             "sequences": stats.kept,
-            "build": dataclasses.asdict(stats) | {"skipped_ids": stats.skipped_ids[:100]},
+            "build": _build_meta(stats),
         }
         results.append(train_adapter(seqs, opts, out / name, meta, pad_id, progress(name) if progress else None))
         index["folds"].append({"adapter": name, "held_out": meta["held_out_ids"], "dropped": fold.dropped})
     (out / FOLDS_META).write_text(json.dumps(index, indent=1), encoding="utf-8")
     return results
+
+
+def _build_line(stats: BuildStats, opts: FinetuneOptions) -> str:
+    line = f"{stats.kept} sequences from {stats.pairs} pairs ({stats.too_long} too long for --max-length {opts.max_length}, {stats.fewer_examples} with fewer examples"
+    if not opts.keep_failing:
+        line += f", {stats.failing_checks} whose query fails the generator's checks"
+    return line + ")"
+
+
+def _build_meta(stats: BuildStats) -> dict[str, Any]:
+    return dataclasses.asdict(stats) | {"skipped_ids": stats.skipped_ids[:100], "failing_ids": stats.failing_ids[:100]}
 
 
 def fold_summary(folder: str | Path) -> list[dict[str, Any]]:

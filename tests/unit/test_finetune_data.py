@@ -184,6 +184,35 @@ def test_build_sequences_drops_examples_then_skips_what_does_not_fit() -> None:
     assert none == [] and stats.too_long == 2
 
 
+def test_pairs_whose_query_fails_the_generators_checks_are_left_out() -> None:
+    good = [pair(i, f"Which things have value {i}?", P + f"SELECT ?x WHERE {{ ?x :value {i} . }}") for i in range(3)]
+    unbound = pair(7, "Which names?", P + "SELECT ?name WHERE { ?x :value 1 . }")  # ?name is never bound
+    broken = pair(8, "Order them?", P + "SELECT ?x WHERE { ?x :value ?v . } ORDER BY ASC((count(*) as ?n))")
+    pairs = [*good, unbound, broken]
+    builder = PromptBuilder(ScriptedLLM(), "sparql", SchemaBook(pairs, "sparql"))
+    seqs, stats = build_sequences(pairs, pairs, builder, words_tokenize, examples=2, max_length=100_000)
+    assert [e.id for e in seqs] == ["i0", "i1", "i2"]
+    assert stats.failing_checks == 2 and stats.failing_ids == ["i7", "i8"] and stats.kept == 3
+    shown = "".join(chr(t) for e in seqs for t in e.input_ids)
+    assert "?name" not in shown and "count(*)" not in shown  # nor shown as an example
+    kept, stats = build_sequences(pairs, pairs, builder, words_tokenize, examples=2, max_length=100_000, drop_failing=False)
+    assert len(kept) == 5 and stats.failing_checks == 0
+
+
+def test_cypher_pairs_against_their_relationship_directions_are_left_out() -> None:
+    structured = {
+        "node_props": {"Person": [{"property": "name", "type": "STRING"}], "Movie": [{"property": "title", "type": "STRING"}]},
+        "rel_props": {},
+        "relationships": [{"start": "Person", "type": "ACTED_IN", "end": "Movie"}],
+    }
+    schema = cypher_schema_from_structured(structured)
+    right = TrainPair(id="c0", graph="m", question="Who acted?", query="MATCH (p:Person)-[:ACTED_IN]->(m:Movie) RETURN p.name", language="cypher")
+    wrong = TrainPair(id="c1", graph="m", question="Who acted?", query="MATCH (m:Movie)-[:ACTED_IN]->(p:Person) RETURN p.name", language="cypher")
+    builder = PromptBuilder(ScriptedLLM(), "cypher", SchemaBook([right, wrong], "cypher", {"m": schema}))
+    seqs, stats = build_sequences([right, wrong], [right, wrong], builder, words_tokenize, examples=0, max_length=100_000)
+    assert [e.id for e in seqs] == ["c0"] and stats.failing_ids == ["c1"]
+
+
 # ---- folds ------------------------------------------------------------------------------------
 def _bank() -> list[TrainPair]:
     items = []
