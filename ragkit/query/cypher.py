@@ -90,9 +90,9 @@ def _labels(text: str) -> set[str]:
 
 
 def misdirected_relationships(query: str, schema: GraphSchema) -> list[str]:
-    """Relationship patterns whose end labels or direction the schema does not have, as
-    ``(:Movie)-[:REVIEWED]->(:Movie)`` (what the query wrote) ``-> (:Person)-[:REVIEWED]->(:Movie)``
-    (what the schema has).
+    """Relationship patterns whose end labels or direction the schema does not have, each as what the
+    query wrote and what the schema has: ``(:Movie)-[:REVIEWED]->(:Movie) (the schema has
+    (:Person)-[:REVIEWED]->(:Movie))``.
 
     A node's labels come from its pattern, or from the pattern that bound its variable elsewhere in
     the query; a node without labels matches any. Only types whose start and end labels the schema
