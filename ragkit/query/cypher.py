@@ -30,6 +30,16 @@ def _strip_strings(q: str) -> str:
     return re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', q)
 
 
+def _label_names(text: str) -> list[str]:
+    """The labels of ``:A:`B c``` (a node pattern's label part), in order."""
+    return [lab for quoted, plain in re.findall(r":\s*(?:`([^`]+)`|(\w+))", text) if (lab := (quoted or plain).strip())]
+
+
+def _type_names(text: str) -> list[str]:
+    """The relationship types of ``TYPE|OTHER`` or ``:TYPE|:OTHER`` (a relationship pattern's type part), in order."""
+    return [t for x in re.split(r"[|:]", text) if (t := x.strip().strip("`"))]
+
+
 def cypher_terms(query: str) -> list[str]:
     """The node labels (``label :X``), relationship types (``relationship :R``) and property keys
     (``property .k``) a query names, in order, each once."""
@@ -37,16 +47,10 @@ def cypher_terms(query: str) -> list[str]:
     named: list[str] = []
     # (n:Label:Other) and (:Label) — labels inside node patterns
     for m in re.finditer(r"\(\s*\w*\s*((?::\s*(?:`[^`]+`|\w+)\s*)+)(?=[\s{)])", q):
-        for quoted, plain in re.findall(r":\s*(?:`([^`]+)`|(\w+))", m.group(1)):
-            lab = (quoted or plain).strip()
-            if lab:
-                named.append(f"label :{lab}")
+        named += [f"label :{lab}" for lab in _label_names(m.group(1))]
     # -[r:TYPE|OTHER*1..2]-
     for m in re.finditer(r"\[\s*\w*\s*:\s*([\w|`: ]+)", q):
-        for t in re.split(r"[|:]", m.group(1)):
-            t = t.strip().strip("`")
-            if t:
-                named.append(f"relationship :{t}")
+        named += [f"relationship :{t}" for t in _type_names(m.group(1))]
     # n.key — property keys of nodes and relationships (not function calls such as date.truncate()
     # or apoc.date.format())
     for m in re.finditer(r"(?<![\w.])([A-Za-z_]\w*)\.(`[^`]+`|[A-Za-z_]\w*\b)(?!\s*\(|\.\w)", q):
@@ -85,10 +89,6 @@ _HOP = re.compile(rf"{_NODE}\s*{_REL}\s*(?={_NODE})")
 _NODE_RE = re.compile(_NODE)
 
 
-def _labels(text: str) -> set[str]:
-    return {a or b for a, b in re.findall(r":\s*(?:`([^`]+)`|(\w+))", text)}
-
-
 def misdirected_relationships(query: str, schema: GraphSchema) -> list[str]:
     """Relationship patterns whose end labels or direction the schema does not have, each as what the
     query wrote and what the schema has: ``(:Movie)-[:REVIEWED]->(:Movie) (the schema has
@@ -105,16 +105,16 @@ def misdirected_relationships(query: str, schema: GraphSchema) -> list[str]:
     bound: dict[str, set[str]] = {}
     for m in _NODE_RE.finditer(q):
         if m.group(1) and m.group(2):
-            bound.setdefault(m.group(1), set()).update(_labels(m.group(2)))
+            bound.setdefault(m.group(1), set()).update(_label_names(m.group(2)))
     out = []
     for m in _HOP.finditer(q):
         lvar, llabels, left_arrow, types, hops, right_arrow = m.groups()[:6]
         rnode = _NODE_RE.match(q, m.end())
         if not types or hops or rnode is None:
             continue
-        a = _labels(llabels) or bound.get(lvar, set())
-        b = _labels(rnode.group(2)) or bound.get(rnode.group(1), set())
-        names = [t for t in (x.strip().strip("`") for x in re.split(r"[|:]", types)) if t in ends]
+        a = set(_label_names(llabels)) or bound.get(lvar, set())
+        b = set(_label_names(rnode.group(2))) or bound.get(rnode.group(1), set())
+        names = [t for t in _type_names(types) if t in ends]
         if not names:
             continue  # an unknown type is reported as an unknown term
 
