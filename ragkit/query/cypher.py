@@ -84,7 +84,9 @@ def unknown_cypher_terms(query: str, schema: GraphSchema) -> list[str]:
 _NAME = r"(?:`[^`]+`|\w+)"
 _NODE = rf"\(\s*(\w*)\s*((?::\s*{_NAME}\s*)*)(?:\{{[^{{}}]*\}})?\s*\)"
 # one hop: <-[r:TYPE|OTHER*1..2 {k: v}]-> ; the types, a variable length and the arrows are captured
-_REL = rf"(<?)-\s*(?:\[\s*\w*\s*(?::\s*((?:{_NAME}\s*\|?\s*:?\s*)+))?\s*(\*[\d.\s]*)?\s*(?:\{{[^{{}}]*\}})?\s*\])?\s*-(>?)"
+# (each type follows a ``|``: an optional one would let a long name split into types in 2^n ways
+# when the pattern fails, as on a query cut short)
+_REL = rf"(<?)-\s*(?:\[\s*\w*\s*(?::\s*({_NAME}(?:\s*\|\s*:?\s*{_NAME})*))?\s*(\*[\d.\s]*)?\s*(?:\{{[^{{}}]*\}})?\s*\])?\s*-(>?)"
 _HOP = re.compile(rf"{_NODE}\s*{_REL}\s*(?={_NODE})")
 _NODE_RE = re.compile(_NODE)
 

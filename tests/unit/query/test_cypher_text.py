@@ -130,10 +130,29 @@ def test_unknown_property_keys(query: str, bad: list[str]) -> None:
         ),
         ("MATCH (p:`Film Star`)-[:ACTED_IN]->(c:City) RETURN p", []),
         ("MATCH (p:Person)-[:LIVES_IN|ACTED_IN]->(c:City) RETURN p", []),  # one of the types fits
+        ("MATCH (c:City)-[:ACTED_IN | :LIVES_IN]->(p:Person) RETURN c", ["(:City)-[:ACTED_IN|LIVES_IN]->(:Person) (the schema has "
+         "(:Film Star)-[:ACTED_IN]->(:City); (:Person)-[:LIVES_IN]->(:City))"]),  # the older ``|:`` between types
     ],
 )
 def test_misdirected_relationships(query: str, wrong: list[str]) -> None:
     assert misdirected_relationships(query, SCHEMA) == wrong
+
+
+def test_a_query_cut_short_in_a_long_type_name_is_checked_at_once() -> None:
+    # A model that runs out of tokens mid-name leaves "[r:SOME_LONG_NAME" unclosed. The hop pattern
+    # once let such a name split into types in 2^n ways before failing: 60 letters never returned.
+    import signal
+
+    def stuck(*_: object) -> None:
+        raise AssertionError("misdirected_relationships did not return within 20 s: its pattern backtracks")
+
+    old = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(20)
+    try:
+        assert misdirected_relationships("MATCH (c:City)-[r:" + "LIVES" * 12 + " RETURN c", SCHEMA) == []
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def test_relationships_without_recorded_ends_are_not_checked() -> None:
