@@ -105,10 +105,21 @@ def resolve_model_path(model: str | None) -> Path:
     )
 
 
+def _gguf_key(gguf: Path, chunk: int = 1 << 20) -> str:
+    """A key for a GGUF file's content: its size and its first, middle and last MiB (the header and
+    tensors at both ends). Not its path: every new virtual environment installs the bundled model at
+    another path, and a key by path left one 500 MB conversion behind per environment."""
+    size = gguf.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with gguf.open("rb") as f:
+        for at in sorted({0, max(0, size // 2 - chunk // 2), max(0, size - chunk)}):
+            f.seek(at)
+            h.update(f.read(chunk))
+    return h.hexdigest()[:12]
+
+
 def _convert_gguf(gguf: Path) -> Path:
-    st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
-    target = cache_dir() / "models" / f"{gguf.stem}-{key}"
+    target = cache_dir() / "models" / f"{gguf.stem}-{_gguf_key(gguf)}"
     if (target / "config.json").is_file():
         return target
     try:

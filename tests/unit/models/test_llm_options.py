@@ -112,3 +112,19 @@ class _CharTokenizer:
 )
 def test_stop_length_is_the_shortest_prefix_holding_a_stop_string(text: str, stop: list[str], expected: int | None) -> None:
     assert _stop_length(_CharTokenizer(), [ord(c) for c in text], stop) == expected
+
+
+def test_a_gguf_file_is_cached_by_its_content_not_its_path(tmp_path: Path) -> None:
+    # each new virtual environment installs the bundled GGUF at another path: same content, same
+    # converted folder; other weights of the same size, another folder
+    from ragkit.models.llm import _gguf_key
+
+    data = bytes(range(256)) * (3 << 12)  # 3 MiB: first, middle and last MiB differ in position only
+    a, b, c = tmp_path / "a" / "m.gguf", tmp_path / "b" / "m.gguf", tmp_path / "c.gguf"
+    for p in (a, b):
+        p.parent.mkdir()
+        p.write_bytes(data)
+    c.write_bytes(data[:-1] + b"\x00")  # the last tensor's last byte changed
+    assert _gguf_key(a) == _gguf_key(b)
+    assert _gguf_key(c) != _gguf_key(a)
+    assert _gguf_key(a, chunk=1 << 30) != _gguf_key(c, chunk=1 << 30)  # a chunk larger than the file
