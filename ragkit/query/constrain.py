@@ -12,8 +12,7 @@ variables, literals and keywords are left to the model, and nothing inside a str
 touched.
 
 Example:
-    >>> from ragkit.query.sparql import _STANDARD_NS
-from ragkit.stores.base import GraphSchema, _local_name, SchemaClass, SchemaProperty
+    >>> from ragkit.stores.base import GraphSchema, SchemaClass, SchemaProperty
     >>> schema = GraphSchema(language="sparql", prefixes={"lib": "http://example.org/lib/"},
     ...     classes=(SchemaClass(name="http://example.org/lib/Book"),),
     ...     properties=(SchemaProperty(name="http://example.org/lib/author"),))
@@ -31,6 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ragkit.query.cypher import _NODE, _REL, RelationshipEnds, _label_names, _type_names, far_labels, node_labels, relationship_ends
 from ragkit.query.sparql import _STANDARD_NS
 from ragkit.stores.base import GraphSchema, _local_name
 
@@ -81,10 +81,18 @@ class _Place:
 @dataclass
 class _Context:
     """What the whole query written so far says that a look at its end cannot: the Cypher variables
-    it binds, the SPARQL prefixes it declares."""
+    it binds and the labels it gives them, the SPARQL prefixes it declares."""
 
     bound: set[str] = field(default_factory=set)
     prefixes: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, set[str]] = field(default_factory=dict)
+
+
+# Cypher hops, for the relationship directions: a hop up to the node it leads to, a node up to a
+# relationship's ``[``, and a hop as far as its closing arrow
+_HOP_TO_NODE = re.compile(rf"{_NODE}\s*{_REL}\s*\Z")
+_NODE_TO_REL = re.compile(rf"{_NODE}\s*(<?)-\s*\Z")
+_HOP_ARROW = re.compile(rf"{_NODE}\s*{_REL}")
 
 
 _PREFIX_DECL = re.compile(r"(?i)\bPREFIX\s+([A-Za-z][\w\-.]*)?:\s*<([^>\s]*)>")
@@ -107,6 +115,7 @@ class TermConstraint:
         classes: Iterable[str] = (),
         properties: Iterable[str] = (),
         prefixes: dict[str, str] | None = None,
+        ends: RelationshipEnds | None = None,
     ) -> None:
         self.places = list(places)
         self.triggers = triggers
@@ -115,6 +124,12 @@ class TermConstraint:
         self._iris = {"class": sorted(set(classes)), "property": sorted(set(properties))}
         self._prefixes = dict(prefixes or {})
         self._sparql_places: dict[tuple[str, str, str], _Place | None] = {}
+        self._ends = dict(ends or {})
+        """Cypher: each relationship type's start and end labels, where the schema records them. A
+        hop must then follow the type's direction: an arrow the type cannot take, a type the node
+        cannot take after ``<-``, or a far node's label the type cannot reach is ruled out, so a
+        model that meant ``(:Movie)<-[:REVIEWED]-(:Person)`` but began ``(m:Movie)-[:REVIEWED]``
+        finishes it undirected, ``-(p:Person)``, rather than ``->(p:Movie)``."""
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -180,7 +195,8 @@ class TermConstraint:
         if not places:
             return None
         strings = re.compile(r'"(?:[^"\\\n]|\\.)*"?|\'(?:[^\'\\\n]|\\.)*\'?|`[^`]*`?|//[^\n]*')
-        return cls(places, ":.|", strings)
+        ends = relationship_ends(schema)
+        return cls(places, ":.|>" if ends else ":.|", strings, ends=ends)
 
     # -- checks -----------------------------------------------------------------------------------
     def blank_literals(self, text: str) -> str:
@@ -195,7 +211,11 @@ class TermConstraint:
     def context(self, text: str) -> _Context:
         """What the whole of ``text`` (a query so far) binds and declares."""
         plain = self.blank_literals(text)
-        return _Context(bound=set(re.findall(r"[(\[]\s*([A-Za-z_]\w*)", plain)), prefixes={p or "": ns for p, ns in _PREFIX_DECL.findall(text)})
+        return _Context(
+            bound=set(re.findall(r"[(\[]\s*([A-Za-z_]\w*)", plain)),
+            prefixes={p or "": ns for p, ns in _PREFIX_DECL.findall(text)},
+            labels=node_labels(plain) if self._ends else {},
+        )
 
     def _names(self, plain: str, start: int, ctx: _Context) -> Iterable[tuple[_Place, str, bool]]:
         """Each name in ``plain`` (literals blanked) whose span ends at or after ``start``:
@@ -208,7 +228,49 @@ class TermConstraint:
                     continue  # ``date.truncate(``: a function, not a variable's property
                 if place.position is not None and place.position(plain, m.start()) != place.kind:
                     continue
-                yield place, m.group("name"), m.end() == len(plain)
+                yield self._along_hop(place, plain, m.start(), ctx), m.group("name"), m.end() == len(plain)
+
+    def _along_hop(self, place: _Place, plain: str, at: int, ctx: _Context) -> _Place:
+        """``place`` (a Cypher label or relationship type starting at ``at``) narrowed to the names
+        the hop it stands in can take: a far node's labels to those its relationship reaches, and
+        after ``(n:Label)<-[`` the types that end at ``Label``."""
+        if not self._ends or place.kind not in ("label", "relationship"):
+            return place
+        if place.kind == "label":
+            hop = _HOP_TO_NODE.search(plain, 0, at)
+            if hop is None:
+                return place
+            var, labels, left, types, hops, right = hop.groups()[:6]
+            if not types or hops:
+                return place
+            near = set(_label_names(labels)) or ctx.labels.get(var, set())
+            arrow = "-" if bool(left) == bool(right) else "<-" if left else "->"
+            allowed = far_labels(self._ends, _type_names(types), near, arrow)
+        else:
+            node = _NODE_TO_REL.search(plain, 0, at)
+            if node is None:
+                return place
+            near = set(_label_names(node.group(2))) or ctx.labels.get(node.group(1), set())
+            if not near:
+                return place
+            sides = (1,) if node.group(3) else (0, 1)  # after ``<-[`` the node is the end; after ``-[`` either
+            allowed = {t for t in place.names if t not in self._ends or any(near & self._ends[t][i] for i in sides)}
+        if allowed is None or allowed >= place._set:
+            return place
+        return _Place(place.kind, place.pattern, sorted(allowed & place._set), place.name_chars)
+
+    def _arrows_fit(self, plain: str, start: int, ctx: _Context) -> bool:
+        """Every Cypher hop whose ``->`` ends at or after ``start`` leaves its node the way one of its types can."""
+        if not self._ends or ">" not in plain[max(0, start - 1) :]:
+            return True
+        for hop in _HOP_ARROW.finditer(plain):
+            var, labels, left, types, hops, right = hop.groups()[:6]
+            if hop.end() < start or not right or left or not types or hops:
+                continue
+            near = set(_label_names(labels)) or ctx.labels.get(var, set())
+            if far_labels(self._ends, _type_names(types), near, "->") == set():
+                return False
+        return True
 
     def accepts(self, text: str, start: int = 0, context: _Context | None = None) -> bool:
         """True when every name in ``text`` ending at or after ``start`` is allowed (the last one,
@@ -219,7 +281,7 @@ class TermConstraint:
         for place, name, open_ in self._names(plain, start, ctx):
             if not (place.prefix(name) if open_ else place.complete(name)):
                 return False
-        return True
+        return self._arrows_fit(plain, start, ctx)
 
     def open_name(self, text: str, context: _Context | None = None) -> tuple[_Place, str] | None:
         """The name ``text`` ends inside, as (place, written so far), or None."""

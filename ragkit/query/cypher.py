@@ -7,7 +7,7 @@ import re
 from ragkit.query.text import reply_body
 from ragkit.stores.base import GraphSchema
 
-__all__ = ["extract_cypher", "cypher_terms", "unknown_cypher_terms", "misdirected_relationships"]
+__all__ = ["extract_cypher", "cypher_terms", "unknown_cypher_terms", "misdirected_relationships", "relationship_ends", "far_labels"]
 
 # A query starts at its first clause. Write clauses count too (upper-case only, so prose like "create"
 # does not), so that "MERGE (n) RETURN n" reaches the read-only guard whole, not as "RETURN n".
@@ -91,6 +91,44 @@ _HOP = re.compile(rf"{_NODE}\s*{_REL}\s*(?={_NODE})")
 _NODE_RE = re.compile(_NODE)
 
 
+RelationshipEnds = dict[str, tuple[frozenset[str], frozenset[str]]]
+
+
+def relationship_ends(schema: GraphSchema) -> RelationshipEnds:
+    """Each relationship type's start and end labels, for the types whose schema records both."""
+    return {p.name: (frozenset(p.domains), frozenset(p.ranges)) for p in schema.properties if p.kind == "relationship" and p.domains and p.ranges}
+
+
+def _fits(ends: RelationshipEnds, names: list[str], start: set[str], end: set[str]) -> bool:
+    """Some type of ``names`` goes from a node labelled ``start`` to one labelled ``end`` (no labels: any node)."""
+    return any((not start or start & ends[t][0]) and (not end or end & ends[t][1]) for t in names)
+
+
+def far_labels(ends: RelationshipEnds, names: list[str], near: set[str], arrow: str) -> set[str] | None:
+    """The labels the far node of a hop may have: the hop leaves a node labelled ``near`` (no labels:
+    any node) over one of the types ``names``, written with ``arrow`` (``->``, ``<-`` or ``-``).
+    None when a type's ends are not recorded (anything may follow); empty when the hop cannot be."""
+    if not names or any(t not in ends for t in names):
+        return None
+    out: set[str] = set()
+    for t in names:
+        start, end = ends[t]
+        if arrow != "<-" and (not near or near & start):
+            out |= end
+        if arrow != "->" and (not near or near & end):
+            out |= start
+    return out
+
+
+def node_labels(query: str) -> dict[str, set[str]]:
+    """The labels each variable is given in the query's node patterns (strings already blanked)."""
+    bound: dict[str, set[str]] = {}
+    for m in _NODE_RE.finditer(query):
+        if m.group(1) and m.group(2):
+            bound.setdefault(m.group(1), set()).update(_label_names(m.group(2)))
+    return bound
+
+
 def misdirected_relationships(query: str, schema: GraphSchema) -> list[str]:
     """Relationship patterns whose end labels or direction the schema does not have, each as what the
     query wrote and what the schema has: ``(:Movie)-[:REVIEWED]->(:Movie) (the schema has
@@ -101,13 +139,10 @@ def misdirected_relationships(query: str, schema: GraphSchema) -> list[str]:
     lists are checked, and variable-length hops are not (their ends are several hops apart).
     """
     q = _strip_strings(query)
-    ends = {p.name: (set(p.domains), set(p.ranges)) for p in schema.properties if p.kind == "relationship" and p.domains and p.ranges}
+    ends = relationship_ends(schema)
     if not ends:
         return []
-    bound: dict[str, set[str]] = {}
-    for m in _NODE_RE.finditer(q):
-        if m.group(1) and m.group(2):
-            bound.setdefault(m.group(1), set()).update(_label_names(m.group(2)))
+    bound = node_labels(q)
     out = []
     for m in _HOP.finditer(q):
         lvar, llabels, left_arrow, types, hops, right_arrow = m.groups()[:6]
@@ -119,16 +154,12 @@ def misdirected_relationships(query: str, schema: GraphSchema) -> list[str]:
         names = [t for t in _type_names(types) if t in ends]
         if not names:
             continue  # an unknown type is reported as an unknown term
-
-        def fits(start: set[str], end: set[str]) -> bool:
-            return any((not start or start & ends[t][0]) and (not end or end & ends[t][1]) for t in names)
-
         if left_arrow and not right_arrow:
-            ok = fits(b, a)
+            ok = _fits(ends, names, b, a)
         elif right_arrow and not left_arrow:
-            ok = fits(a, b)
+            ok = _fits(ends, names, a, b)
         else:
-            ok = fits(a, b) or fits(b, a)
+            ok = _fits(ends, names, a, b) or _fits(ends, names, b, a)
         if ok:
             continue
         arrow = ("<-", "-") if left_arrow and not right_arrow else ("-", "->") if right_arrow else ("-", "-")

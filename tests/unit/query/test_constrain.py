@@ -83,6 +83,51 @@ def test_cypher_names(cypher: TermConstraint, text: str, ok: bool) -> None:
     assert cypher.accepts(text) is ok
 
 
+@pytest.fixture
+def directed() -> TermConstraint:
+    """A Cypher schema that records each relationship's start and end labels."""
+    schema = GraphSchema(
+        language="cypher",
+        classes=(SchemaClass(name="Person"), SchemaClass(name="Movie"), SchemaClass(name="Genre")),
+        properties=(
+            SchemaProperty(name="ACTED_IN", kind="relationship", domains=("Person",), ranges=("Movie",)),
+            SchemaProperty(name="IN_GENRE", kind="relationship", domains=("Movie",), ranges=("Genre",)),
+            SchemaProperty(name="FOLLOWS", kind="relationship", domains=("Person",), ranges=("Person",)),
+            SchemaProperty(name="SIMILAR", kind="relationship"),  # ends not recorded
+            SchemaProperty(name="title", kind="node_property"),
+        ),
+    )
+    c = TermConstraint.for_schema(schema)
+    assert c is not None
+    return c
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("MATCH (p:Person)-[:ACTED_IN]->(m:Movie) RETURN m.title", True),
+        ("MATCH (m:Movie)-[:ACTED_IN]->", False),  # a Movie is never where ACTED_IN starts
+        ("MATCH (m:Movie)-[r:ACTED_IN]-(p:Person) RETURN p", True),  # undirected: fine
+        ("MATCH (m:Movie)<-[:ACTED_IN]-(p:Person) RETURN p", True),
+        ("MATCH (m:Movie)<-[:ACTED_IN]-(p:Pe", True),  # the far label begun
+        ("MATCH (m:Movie)<-[:ACTED_IN]-(p:Movie", False),  # ACTED_IN starts at a Person
+        ("MATCH (m:Movie)-[:ACTED_IN]-(p:Genre", False),
+        ("MATCH (m:Movie)-[:ACTED_IN|IN_GENRE]->(x) RETURN x", True),  # one of the types leaves a Movie
+        ("MATCH (p:Person)<-[:AC", False),  # nothing ACTED_IN ends at a Person
+        ("MATCH (p:Person)<-[:FOLLOWS]-(q:Person) RETURN q", True),
+        ("MATCH (m:Movie) MATCH (m)-[:ACTED_IN]->(x) RETURN x", False),  # labels from where m was bound
+        ("MATCH (x)-[:ACTED_IN]->(y:Person", False),  # an unlabelled start: the end still is a Movie
+        ("MATCH (x)-[:ACTED_IN]->(y:Movie) WHERE y.title > 'A' RETURN y", True),  # ">" in a comparison
+        ("MATCH (m:Movie)-[:SIMILAR]->(g:Genre) RETURN g", True),  # ends not recorded: left free
+        ("MATCH (m:Movie)-[:ACTED_IN*1..2]->(x) RETURN x", True),  # variable length: ends are hops apart
+        ("MATCH (m:Movie)-[:ACTED_IN]->(p:Person {title: '(:Movie)-[:ACTED_IN]->'}) RETURN p", False),
+        ("MATCH (m:Movie {title: '(:Movie)-[:ACTED_IN]->'}) RETURN m", True),  # inside a string
+    ],
+)
+def test_cypher_hops_follow_the_schema_directions(directed: TermConstraint, text: str, ok: bool) -> None:
+    assert directed.accepts(text) is ok
+
+
 def test_open_name(sparql: TermConstraint) -> None:
     place, partial = sparql.open_name("SELECT ?n WHERE { ?b :band\\#na")
     assert partial == "band\\#na" and place.complete("band\\#name")
@@ -156,6 +201,17 @@ def test_processor_masks_tokens_that_misspell_a_name(sparql: TermConstraint) -> 
     allowed = _allowed(proc, tok, "?b :band\\#")
     assert {"name", "nam"} <= allowed and "height" not in allowed and " ." not in allowed
     assert proc.masked_steps >= 3
+
+
+def test_processor_turns_a_misdirected_hop_undirected(directed: TermConstraint) -> None:
+    tok = _Tokenizer(["a", "MATCH ", "(m:Movie)", "(m:Person)", "-[:ACTED_IN]", "-", ">", "->", "(", "p", ":", "Person", "Movie", ")"])
+    proc = TermLogitsProcessor(directed, tok, prompt_length=0, eos_ids=[0])
+    allowed = _allowed(proc, tok, "MATCH (m:Movie)-[:ACTED_IN]-")
+    assert "(" in allowed and ">" not in allowed  # ACTED_IN does not leave a Movie: no arrow
+    assert "->" not in _allowed(proc, tok, "MATCH (m:Movie)-[:ACTED_IN]")
+    allowed = _allowed(proc, tok, "MATCH (m:Movie)-[:ACTED_IN]-(p:")
+    assert "Person" in allowed and "Movie" not in allowed  # the other end of ACTED_IN
+    assert ">" in _allowed(proc, tok, "MATCH (m:Person)-[:ACTED_IN]-")  # the right way round
 
 
 def test_processor_reads_only_the_generated_part(sparql: TermConstraint) -> None:
