@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ragkit.query.cypher import _NODE, _REL, RelationshipEnds, _label_names, _type_names, far_labels, node_labels, relationship_ends
+from ragkit.query.cypher import _NODE, _REL, RelationshipEnds, _label_names, _type_names, far_labels, property_owners, relationship_ends, variable_owners
 from ragkit.query.sparql import _STANDARD_NS
 from ragkit.stores.base import GraphSchema, _local_name
 
@@ -116,6 +116,7 @@ class TermConstraint:
         properties: Iterable[str] = (),
         prefixes: dict[str, str] | None = None,
         ends: RelationshipEnds | None = None,
+        keys: dict[str, set[str]] | None = None,
     ) -> None:
         self.places = list(places)
         self.triggers = triggers
@@ -130,6 +131,9 @@ class TermConstraint:
         cannot take after ``<-``, or a far node's label the type cannot reach is ruled out, so a
         model that meant ``(:Movie)<-[:REVIEWED]-(:Person)`` but began ``(m:Movie)-[:REVIEWED]``
         finishes it undirected, ``-(p:Person)``, rather than ``->(p:Movie)``."""
+        self._keys = dict(keys or {})
+        """Cypher: the property keys of each label and relationship type. ``m.`` after ``(m:Movie)``
+        may then name only a key a Movie has."""
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -196,7 +200,7 @@ class TermConstraint:
             return None
         strings = re.compile(r'"(?:[^"\\\n]|\\.)*"?|\'(?:[^\'\\\n]|\\.)*\'?|`[^`]*`?|//[^\n]*')
         ends = relationship_ends(schema)
-        return cls(places, ":.|>" if ends else ":.|", strings, ends=ends)
+        return cls(places, ":.|>" if ends else ":.|", strings, ends=ends, keys=property_owners(schema))
 
     # -- checks -----------------------------------------------------------------------------------
     def blank_literals(self, text: str) -> str:
@@ -214,7 +218,7 @@ class TermConstraint:
         return _Context(
             bound=set(re.findall(r"[(\[]\s*([A-Za-z_]\w*)", plain)),
             prefixes={p or "": ns for p, ns in _PREFIX_DECL.findall(text)},
-            labels=node_labels(plain) if self._ends else {},
+            labels=variable_owners(plain) if self._ends or self._keys else {},
         )
 
     def _names(self, plain: str, start: int, ctx: _Context) -> Iterable[tuple[_Place, str, bool]]:
@@ -228,15 +232,23 @@ class TermConstraint:
                     continue  # ``date.truncate(``: a function, not a variable's property
                 if place.position is not None and place.position(plain, m.start()) != place.kind:
                     continue
-                yield self._along_hop(place, plain, m.start(), ctx), m.group("name"), m.end() == len(plain)
+                yield self._narrowed(place, plain, m, ctx), m.group("name"), m.end() == len(plain)
 
-    def _along_hop(self, place: _Place, plain: str, at: int, ctx: _Context) -> _Place:
-        """``place`` (a Cypher label or relationship type starting at ``at``) narrowed to the names
-        the hop it stands in can take: a far node's labels to those its relationship reaches, and
-        after ``(n:Label)<-[`` the types that end at ``Label``."""
-        if not self._ends or place.kind not in ("label", "relationship"):
+    def _narrowed(self, place: _Place, plain: str, m: re.Match[str], ctx: _Context) -> _Place:
+        """``place`` (a Cypher name the match ``m`` found) narrowed to the names that fit where it
+        stands: a variable's property keys to those of its labels or relationship types, a far
+        node's labels to those its relationship reaches, and after ``(n:Label)<-[`` the types
+        that end at ``Label``."""
+        at = m.start()
+        if place.kind == "property":
+            if not self._keys:
+                return place
+            allowed = set().union(*(self._keys.get(n, set()) for n in ctx.labels.get(m.group("var"), set())))
+            if not allowed:
+                return place  # labels unknown (or without keys): any key of the schema
+        elif not self._ends or place.kind not in ("label", "relationship"):
             return place
-        if place.kind == "label":
+        elif place.kind == "label":
             hop = _HOP_TO_NODE.search(plain, 0, at)
             if hop is None:
                 return place

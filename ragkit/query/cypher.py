@@ -7,7 +7,7 @@ import re
 from ragkit.query.text import reply_body
 from ragkit.stores.base import GraphSchema
 
-__all__ = ["extract_cypher", "cypher_terms", "unknown_cypher_terms", "misdirected_relationships", "relationship_ends", "far_labels"]
+__all__ = ["extract_cypher", "cypher_terms", "unknown_cypher_terms", "misdirected_relationships", "relationship_ends", "far_labels", "misplaced_properties"]
 
 # A query starts at its first clause. Write clauses count too (upper-case only, so prose like "create"
 # does not), so that "MERGE (n) RETURN n" reaches the read-only guard whole, not as "RETURN n".
@@ -166,6 +166,63 @@ def misdirected_relationships(query: str, schema: GraphSchema) -> list[str]:
         wrote = f"({_show(a)}){arrow[0]}[:{'|'.join(names)}]{arrow[1]}({_show(b)})"
         has = "; ".join(f"({_show(ends[t][0])})-[:{t}]->({_show(ends[t][1])})" for t in names)
         out.append(f"{wrote} (the schema has {has})")
+    return list(dict.fromkeys(out))
+
+
+_REL_VAR = re.compile(rf"\[\s*([A-Za-z_]\w*)\s*:\s*({_NAME}(?:\s*\|\s*:?\s*{_NAME})*)")
+_PROPERTY_USE = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\.(`[^`]+`|[A-Za-z_]\w*\b)(?!\s*\(|\.\w)")
+_MAP_IN_PATTERN = re.compile(rf"(?:(?<![\w.])\(|\[)\s*(\w*)\s*((?::\s*{_NAME}\s*(?:\|\s*:?\s*{_NAME}\s*)*)*)\{{([^{{}}]*)\}}\s*[)\]]")
+
+
+def variable_owners(query: str) -> dict[str, set[str]]:
+    """What each variable's properties belong to: the labels its node patterns give it, or the types
+    of its relationship pattern (strings already blanked)."""
+    owners = node_labels(query)
+    for m in _REL_VAR.finditer(query):
+        owners.setdefault(m.group(1), set()).update(_type_names(m.group(2)))
+    return owners
+
+
+def property_owners(schema: GraphSchema) -> dict[str, set[str]]:
+    """The property keys of each label and relationship type, as the schema records them (property
+    graph schemas give each ``node_property`` the label or type that has it in ``domains``)."""
+    keys: dict[str, set[str]] = {}
+    for p in schema.properties:
+        if p.kind != "relationship":
+            for owner in p.domains:
+                keys.setdefault(owner, set()).add(p.name)
+    return keys
+
+
+def misplaced_properties(query: str, schema: GraphSchema) -> list[str]:
+    """Property keys read from a variable whose labels (or relationship types) do not have them, each
+    as what the query wrote and what the schema has: ``m.rating (a :Movie has released, tagline,
+    title, votes; rating is on :REVIEWED)``.
+
+    A variable's labels are those its node patterns give it (``(m:Movie)``); a relationship
+    variable's types those of its pattern (``[r:REVIEWED]``). Variables bound otherwise (``WITH m AS
+    x``, ``UNWIND``) and keys of a schema that records no per-label keys are not checked. Keys in a
+    pattern's map (``(m:Movie {name: ...})``) are checked against the pattern's own labels.
+    """
+    keys = property_owners(schema)
+    if not keys:
+        return []
+    q = _strip_strings(query)
+    owners = variable_owners(q)
+    # (what the query wrote, the key, the labels or types it is read from)
+    uses = [(f"{v}.{k.strip('`')}", k.strip("`"), owners[v]) for v, k in _PROPERTY_USE.findall(q) if v in owners]
+    for m in _MAP_IN_PATTERN.finditer(q):
+        names = set(_label_names(m.group(2)) if m.group(0).startswith("(") else _type_names(m.group(2)))
+        for k in re.findall(r"(?:^|,)\s*(`[^`]+`|\w+)\s*:", m.group(3)):
+            uses.append((f"{{{k.strip('`')}: ...}}", k.strip("`"), names))
+    out = []
+    for wrote, key, names in uses:
+        if not names or any(key in keys.get(n, ()) for n in names):
+            continue
+        has = "; ".join(f"a :{n} has {', '.join(sorted(keys[n])) or 'no properties'}" if n in keys else f":{n} has no properties" for n in sorted(names))
+        elsewhere = sorted(n for n, ks in keys.items() if key in ks)
+        where = f"; {key} is on {', '.join(':' + n for n in elsewhere)}" if elsewhere else ""
+        out.append(f"{wrote} ({has}{where})")
     return list(dict.fromkeys(out))
 
 

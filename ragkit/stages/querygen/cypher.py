@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from ragkit.core.component import register_stage
 from ragkit.errors import QueryError
-from ragkit.query.cypher import extract_cypher, misdirected_relationships, unknown_cypher_terms
+from ragkit.query.cypher import extract_cypher, misdirected_relationships, misplaced_properties, unknown_cypher_terms
 from ragkit.query.guard import check_read_only
 from ragkit.stages.querygen.base import QueryGenerator, unknown_terms_message
 from ragkit.stores.base import GraphSchema
@@ -73,4 +73,7 @@ class CypherQueryGenerator(QueryGenerator):
         wrong = misdirected_relationships(query, schema)
         if wrong:
             return "relationship pattern not in the schema: " + "; ".join(wrong) + "; follow the directions and end labels the schema shows"
+        misplaced = misplaced_properties(query, schema)
+        if misplaced:
+            return "property read from a label that does not have it: " + "; ".join(misplaced) + "; read each key from a variable whose label has it"
         return None

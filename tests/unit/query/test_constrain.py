@@ -128,6 +128,32 @@ def test_cypher_hops_follow_the_schema_directions(directed: TermConstraint, text
     assert directed.accepts(text) is ok
 
 
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("MATCH (m:Movie) RETURN m.title", True),
+        ("MATCH (m:Movie) RETURN m.name", False),  # a Person's key
+        ("MATCH (m:Movie) RETURN m.na", False),  # no key of a Movie starts so
+        ("MATCH (m:Movie)<-[r:REVIEWED]-(p:Person) WHERE r.rating > 5 RETURN p.name", True),  # a relationship's key
+        ("MATCH (m:Movie)<-[r:REVIEWED]-(p:Person) RETURN p.rating", False),
+        ("MATCH (m) RETURN m.name", True),  # no labels: any key of the schema
+    ],
+)
+def test_cypher_keys_are_those_of_the_variables_label(text: str, ok: bool) -> None:
+    schema = GraphSchema(
+        language="cypher",
+        classes=(SchemaClass(name="Person"), SchemaClass(name="Movie")),
+        properties=(
+            SchemaProperty(name="REVIEWED", kind="relationship", domains=("Person",), ranges=("Movie",)),
+            SchemaProperty(name="name", kind="node_property", domains=("Person",)),
+            SchemaProperty(name="title", kind="node_property", domains=("Movie",)),
+            SchemaProperty(name="rating", kind="node_property", domains=("REVIEWED",)),
+        ),
+    )
+    c = TermConstraint.for_schema(schema)
+    assert c is not None and c.accepts(text) is ok
+
+
 def test_open_name(sparql: TermConstraint) -> None:
     place, partial = sparql.open_name("SELECT ?n WHERE { ?b :band\\#na")
     assert partial == "band\\#na" and place.complete("band\\#name")

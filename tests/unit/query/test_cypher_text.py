@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ragkit.query.cypher import extract_cypher, misdirected_relationships, unknown_cypher_terms
+from ragkit.query.cypher import extract_cypher, misdirected_relationships, misplaced_properties, unknown_cypher_terms
 from ragkit.stores.base import GraphSchema, SchemaClass, SchemaProperty
 
 Q = "MATCH (p:Person)-[:LIVES_IN]->(c:City) RETURN c.name"
@@ -159,3 +159,41 @@ def test_relationships_without_recorded_ends_are_not_checked() -> None:
     bare = GraphSchema(language="cypher", properties=(SchemaProperty(name="LIVES_IN", kind="relationship"),))
     assert misdirected_relationships("MATCH (c:City)-[:LIVES_IN]->(p:Person) RETURN c", bare) == []
 
+
+
+# ---- misplaced_properties -----------------------------------------------------------------------
+KEYED = GraphSchema(
+    language="cypher",
+    classes=(SchemaClass(name="Person"), SchemaClass(name="Movie")),
+    properties=(
+        SchemaProperty(name="REVIEWED", kind="relationship", domains=("Person",), ranges=("Movie",)),
+        SchemaProperty(name="name", kind="node_property", domains=("Person",)),
+        SchemaProperty(name="title", kind="node_property", domains=("Movie",)),
+        SchemaProperty(name="released", kind="node_property", domains=("Movie",)),
+        SchemaProperty(name="rating", kind="node_property", domains=("REVIEWED",)),  # a relationship's key
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    ("query", "wrong"),
+    [
+        ("MATCH (p:Person)-[r:REVIEWED]->(m:Movie) WHERE r.rating > 50 RETURN p.name, m.title", []),
+        ("MATCH (m:Movie) WHERE m.rating < 50 RETURN m.title", ["m.rating (a :Movie has released, title; rating is on :REVIEWED)"]),
+        ("MATCH (m:Movie) RETURN m.name", ["m.name (a :Movie has released, title; name is on :Person)"]),
+        ("MATCH (m:Movie {name: 'x'}) RETURN m", ["{name: ...} (a :Movie has released, title; name is on :Person)"]),
+        ("MATCH ()-[r:REVIEWED {title: 'x'}]->() RETURN r", ["{title: ...} (a :REVIEWED has rating; title is on :Movie)"]),
+        ("MATCH (m:Movie) MATCH (m)<-[:REVIEWED]-(p) RETURN m.released, p.name", []),  # m's labels from its first pattern; p has none
+        ("MATCH (x:Person) RETURN x.name UNION MATCH (x:Movie) RETURN x.title", []),  # a reused name: either label's keys
+        ("MATCH (m:Movie) WITH m AS film RETURN film.name", []),  # bound by WITH: not checked
+        ("MATCH (m:Movie) WHERE m.title = 'p.title' RETURN m", []),  # inside a string
+        ("MATCH (m:Movie) RETURN m.votes", ["m.votes (a :Movie has released, title)"]),  # a key no label has
+    ],
+)
+def test_misplaced_properties(query: str, wrong: list[str]) -> None:
+    assert misplaced_properties(query, KEYED) == wrong
+
+
+def test_a_schema_without_keys_per_label_checks_no_property() -> None:
+    flat = GraphSchema(language="cypher", classes=(SchemaClass(name="Movie"),), properties=(SchemaProperty(name="name", kind="node_property"),))
+    assert misplaced_properties("MATCH (m:Movie) RETURN m.title", flat) == []

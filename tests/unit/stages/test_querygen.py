@@ -344,6 +344,7 @@ CYPHER_SCHEMA = GraphSchema(
     properties=(
         SchemaProperty(name="LIVES_IN", kind="relationship", domains=("Person",), ranges=("City",)),
         SchemaProperty(name="name", kind="node_property", domains=("Person", "City"), ranges=("STRING",)),
+        SchemaProperty(name="population", kind="node_property", domains=("City",), ranges=("INTEGER",)),
     ),
 )
 C_GOOD = "MATCH (p:Person {name: 'Ann'})-[:LIVES_IN]->(c:City) RETURN c.name"
@@ -362,6 +363,10 @@ def cypher(gen: CypherQueryGenerator, question: str = QUESTION, **kw: Any) -> Qu
         (
             "MATCH (c:City)-[:LIVES_IN]->(p:Person) RETURN c.name",
             "relationship pattern not in the schema: (:City)-[:LIVES_IN]->(:Person) (the schema has (:Person)-[:LIVES_IN]->(:City))",
+        ),
+        (
+            "MATCH (p:Person {name: 'Ann'}) RETURN p.population",
+            "property read from a label that does not have it: p.population (a :Person has name; population is on :City)",
         ),
     ],
 )
