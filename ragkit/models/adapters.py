@@ -11,7 +11,7 @@ A k-fold run writes a *fold set*: ``ragkit_folds.json`` and one adapter per fold
 Example:
     >>> from ragkit.models.llm import LocalLLM
     >>> llm = LocalLLM(adapter="adapters/spider-sparql")   # doctest: +SKIP
-    >>> llm.warm_up()                                        # refuses an adapter of another base model
+    >>> llm.warm_up()  # refuses an adapter of another base model  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Example:
     >>> schema = GraphSchema(language="cypher", classes=(SchemaClass(name="Person"),))
     >>> gen = CypherQueryGenerator(llm=ScriptedLLM(responses=["```cypher\\nMATCH (p:Persn) RETURN p.name\\n```"]))
     >>> gen.run(question="Who?", graph_schema=schema, schema_text="", examples=[]).generated.candidates[0].error
-    'unknown label :Persn (the schema has: Person)'
+    'unknown label :Persn (did you mean :Person?); use only the terms of the schema'
 """
 
 from __future__ import annotations
