@@ -23,7 +23,33 @@ def extract_cypher(text: str) -> str:
     prose = re.search(r"\n\s*\n(?!\s*(?:OPTIONAL\s+MATCH|MATCH|WITH|UNWIND|CALL|RETURN|WHERE|ORDER\s+BY|SKIP|LIMIT|UNION)\b)", text, re.I)
     if prose:
         text = text[: prose.start()]
-    return text.strip().rstrip(";").strip()
+    return _end_at_final_return(text.strip().rstrip(";").strip()).rstrip(";").strip()
+
+
+_CLAUSE = re.compile(r"(?i)(?<![\w.])(UNION|RETURN|OPTIONAL\s+MATCH|MATCH|(?<!STARTS )(?<!ENDS )WITH|UNWIND|CALL|CREATE|MERGE|DELETE|DETACH|SET|REMOVE|FOREACH|LOAD)(?!\w)")
+_READ_CLAUSES = {"RETURN", "MATCH", "WITH", "UNWIND", "CALL"}
+
+
+def _end_at_final_return(query: str) -> str:
+    """``query`` cut before a read clause that follows its final ``RETURN`` (outside braces and
+    brackets, with no ``UNION`` between): Cypher ends a query at ``RETURN``, and a small model that
+    goes on (``RETURN m.title MATCH (m:Movie) ...``) is repeating itself. Neo4j refuses such a
+    query; some embedded engines silently ignore the rest. A write clause there is left for the
+    read-only guard to refuse."""
+    plain = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', lambda m: " " * len(m.group(0)), query)
+    returned = False
+    for m in _CLAUSE.finditer(plain):
+        before = plain[: m.start()]
+        if sum(before.count(c) for c in "([{") != sum(before.count(c) for c in ")]}"):
+            continue  # inside a subquery, a pattern comprehension or a map
+        word = m.group(1).upper().split()[-1]
+        if word == "RETURN":
+            returned = True
+        elif word == "UNION":
+            returned = False
+        elif returned and word in _READ_CLAUSES:
+            return query[: m.start()].rstrip()
+    return query
 
 
 def _strip_strings(q: str) -> str:

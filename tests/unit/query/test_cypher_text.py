@@ -52,6 +52,25 @@ def test_extract_cypher_keeps_multiline_queries_and_optional_match() -> None:
 
 
 @pytest.mark.parametrize(
+    ("reply", "query"),
+    [
+        # the model repeats itself after a complete query: Cypher ends at RETURN
+        ("MATCH (m:Movie) RETURN m.title MATCH (m:Movie) RETURN m.title MATCH (m:Mov", "MATCH (m:Movie) RETURN m.title"),
+        ("MATCH (m:Movie) RETURN m.title ORDER BY m.title LIMIT 3\nWITH m RETURN m", "MATCH (m:Movie) RETURN m.title ORDER BY m.title LIMIT 3"),
+        # what does not end the query
+        ("MATCH (a:Person) RETURN a.name UNION MATCH (b:Movie) RETURN b.title", None),
+        ("MATCH (p:Person) CALL { WITH p MATCH (p)-->(m) RETURN count(m) AS n } RETURN p.name, n", None),
+        ("MATCH (p:Person) RETURN p.name, [(p)-->(m) WHERE m.title STARTS WITH 'A' | m.title] AS ts", None),
+        ("MATCH (p:Person) RETURN CASE WHEN p.name STARTS WITH 'A' THEN 1 ELSE 0 END AS a", None),
+        ("MATCH (p:Person) RETURN p.name AS n, 'RETURN x MATCH y' AS s", None),
+        ("MATCH (p:Person) RETURN p CREATE (x:Thing)", None),  # a write: left for the guard to refuse
+    ],
+)
+def test_extract_cypher_ends_the_query_at_its_final_return(reply: str, query: str | None) -> None:
+    assert extract_cypher(reply) == (query or reply)
+
+
+@pytest.mark.parametrize(
     "query",
     ["MERGE (n:Person {name: 'x'}) RETURN n", "CREATE (n:City) RETURN n", "DETACH DELETE n", "MATCH (n) SET n.x = 1 RETURN n"],
 )
