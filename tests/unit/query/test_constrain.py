@@ -11,6 +11,12 @@ from ragkit.stores.base import GraphSchema, SchemaClass, SchemaProperty
 NS = "http://example.org/music/"
 
 
+def _constraint(schema: GraphSchema) -> TermConstraint:
+    c = TermConstraint.for_schema(schema)
+    assert c is not None
+    return c
+
+
 @pytest.fixture
 def sparql() -> TermConstraint:
     schema = GraphSchema(
@@ -19,9 +25,7 @@ def sparql() -> TermConstraint:
         classes=(SchemaClass(name=NS + "band"), SchemaClass(name=NS + "song")),
         properties=tuple(SchemaProperty(name=NS + p) for p in ("band#name", "band#formed", "song#title", "song#ref-band_id")),
     )
-    c = TermConstraint.for_schema(schema)
-    assert c is not None
-    return c
+    return _constraint(schema)
 
 
 @pytest.fixture
@@ -36,9 +40,7 @@ def cypher() -> TermConstraint:
             SchemaProperty(name="title", kind="node_property"),
         ),
     )
-    c = TermConstraint.for_schema(schema)
-    assert c is not None
-    return c
+    return _constraint(schema)
 
 
 @pytest.mark.parametrize(
@@ -97,9 +99,7 @@ def directed() -> TermConstraint:
             SchemaProperty(name="title", kind="node_property"),
         ),
     )
-    c = TermConstraint.for_schema(schema)
-    assert c is not None
-    return c
+    return _constraint(schema)
 
 
 @pytest.mark.parametrize(
@@ -139,19 +139,8 @@ def test_cypher_hops_follow_the_schema_directions(directed: TermConstraint, text
         ("MATCH (m) RETURN m.name", True),  # no labels: any key of the schema
     ],
 )
-def test_cypher_keys_are_those_of_the_variables_label(text: str, ok: bool) -> None:
-    schema = GraphSchema(
-        language="cypher",
-        classes=(SchemaClass(name="Person"), SchemaClass(name="Movie")),
-        properties=(
-            SchemaProperty(name="REVIEWED", kind="relationship", domains=("Person",), ranges=("Movie",)),
-            SchemaProperty(name="name", kind="node_property", domains=("Person",)),
-            SchemaProperty(name="title", kind="node_property", domains=("Movie",)),
-            SchemaProperty(name="rating", kind="node_property", domains=("REVIEWED",)),
-        ),
-    )
-    c = TermConstraint.for_schema(schema)
-    assert c is not None and c.accepts(text) is ok
+def test_cypher_keys_are_those_of_the_variables_label(keyed_schema: GraphSchema, text: str, ok: bool) -> None:
+    assert _constraint(keyed_schema).accepts(text) is ok
 
 
 def test_open_name(sparql: TermConstraint) -> None:

@@ -179,21 +179,7 @@ def test_relationships_without_recorded_ends_are_not_checked() -> None:
     assert misdirected_relationships("MATCH (c:City)-[:LIVES_IN]->(p:Person) RETURN c", bare) == []
 
 
-
 # ---- misplaced_properties -----------------------------------------------------------------------
-KEYED = GraphSchema(
-    language="cypher",
-    classes=(SchemaClass(name="Person"), SchemaClass(name="Movie")),
-    properties=(
-        SchemaProperty(name="REVIEWED", kind="relationship", domains=("Person",), ranges=("Movie",)),
-        SchemaProperty(name="name", kind="node_property", domains=("Person",)),
-        SchemaProperty(name="title", kind="node_property", domains=("Movie",)),
-        SchemaProperty(name="released", kind="node_property", domains=("Movie",)),
-        SchemaProperty(name="rating", kind="node_property", domains=("REVIEWED",)),  # a relationship's key
-    ),
-)
-
-
 @pytest.mark.parametrize(
     ("query", "wrong"),
     [
@@ -209,8 +195,8 @@ KEYED = GraphSchema(
         ("MATCH (m:Movie) RETURN m.votes", ["m.votes (a :Movie has released, title)"]),  # a key no label has
     ],
 )
-def test_misplaced_properties(query: str, wrong: list[str]) -> None:
-    assert misplaced_properties(query, KEYED) == wrong
+def test_misplaced_properties(keyed_schema: GraphSchema, query: str, wrong: list[str]) -> None:
+    assert misplaced_properties(query, keyed_schema) == wrong
 
 
 def test_a_schema_without_keys_per_label_checks_no_property() -> None:
