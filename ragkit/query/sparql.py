@@ -10,7 +10,7 @@ from typing import Any
 
 from ragkit.query.text import reply_body
 
-__all__ = ["extract_query", "add_missing_prefixes", "complete_triples", "parse_error", "unbound_variables", "schema_terms", "typed_schema_terms", "named_and_unknown_terms", "unknown_sparql_terms"]
+__all__ = ["extract_query", "add_missing_prefixes", "complete_triples", "parse_error", "unbound_variables", "schema_terms", "typed_schema_terms", "named_and_unknown_terms", "unknown_sparql_terms", "mistyped_variables"]
 
 _START = re.compile(r"(?is)\b(PREFIX|BASE|SELECT|ASK|CONSTRUCT|DESCRIBE)\b")
 _FENCE = re.compile(r"```(?:sparql|SPARQL|cypher|sql)?\s*\n?(.*?)(?:```|$)", re.S)
@@ -213,12 +213,9 @@ def schema_terms(query: str) -> list[str]:
     return [iri for _kind, iri in typed_schema_terms(query)]
 
 
-def typed_schema_terms(query: str) -> list[tuple[str, str]]:
-    """:func:`schema_terms` with each term's role: ``("class", iri)`` or ``("property", iri)``."""
-    from rdflib.paths import Path as RdfPath
+def _algebra(query: str) -> Any:
+    """rdflib's algebra of ``query``. Raises QueryParseError when it does not parse."""
     from rdflib.plugins.sparql import prepareQuery
-    from rdflib.plugins.sparql.parserutils import CompValue
-    from rdflib.term import URIRef
 
     from ragkit.errors import QueryParseError
     from ragkit.query.guard import SPARQL_PARSE_LOCK
@@ -229,9 +226,45 @@ def typed_schema_terms(query: str) -> list[tuple[str, str]]:
         _rdflib_filter_installed = True
     try:
         with SPARQL_PARSE_LOCK:  # pyparsing grammars keep shared state
-            algebra = prepareQuery(query).algebra
+            return prepareQuery(query).algebra
     except Exception as e:  # rdflib raises pyparsing and its own errors
         raise QueryParseError(f"SPARQL does not parse: {e}") from None
+
+
+def _basic_graph_patterns(node: Any) -> Iterator[list[tuple[Any, Any, Any]]]:
+    """The triple patterns (subject, predicate or path, object) of each basic graph pattern of an
+    algebra, in order: in OPTIONAL, UNION, MINUS, subqueries and FILTER [NOT] EXISTS too."""
+    from rdflib.plugins.sparql.parserutils import CompValue
+
+    if isinstance(node, CompValue):
+        if node.name in ("BGP", "TriplesBlock"):
+            block = []
+            for t in node.get("triples") or []:
+                t = list(t)
+                block += [(t[i], t[i + 1], t[i + 2]) for i in range(0, len(t) - 2, 3)]  # a TriplesBlock keeps its triples flattened
+            yield block
+            return
+        for v in node.values():
+            yield from _basic_graph_patterns(v)
+    elif isinstance(node, (list, tuple)):
+        for v in node:
+            yield from _basic_graph_patterns(v)
+    elif isinstance(node, dict):
+        for v in node.values():
+            yield from _basic_graph_patterns(v)
+
+
+def _iri(term: Any) -> str:
+    """A term's IRI as written, without the escapes rdflib keeps from a prefixed name (singer:\\#name)."""
+    return _PN_ESCAPE.sub(r"\1", str(term))
+
+
+def typed_schema_terms(query: str) -> list[tuple[str, str]]:
+    """:func:`schema_terms` with each term's role: ``("class", iri)`` or ``("property", iri)``."""
+    from rdflib.paths import Path as RdfPath
+    from rdflib.plugins.sparql.parserutils import CompValue
+    from rdflib.term import URIRef
+
     found: list[tuple[str, str]] = []
 
     def path_iris(p: Any) -> None:
@@ -249,34 +282,60 @@ def typed_schema_terms(query: str) -> list[tuple[str, str]]:
             for v in p:
                 path_iris(v)
 
-    def triples(node: CompValue) -> Iterator[tuple[Any, Any, Any]]:
-        for t in node.get("triples") or []:
-            t = list(t)
-            for i in range(0, len(t) - 2, 3):  # a TriplesBlock keeps its triples flattened
-                yield t[i], t[i + 1], t[i + 2]
+    for _s, p, o in (t for block in _basic_graph_patterns(_algebra(query)) for t in block):
+        if isinstance(p, URIRef) and str(p) == _RDF_TYPE:
+            if isinstance(o, URIRef):
+                found.append(("class", str(o)))
+        else:
+            path_iris(p)
+    # an IRI has no backslash: the escapes are the prefixed names'
+    return list(dict.fromkeys((kind, _iri(t)) for kind, t in found))
 
-    def visit(node: Any) -> None:
-        if isinstance(node, CompValue):
-            if node.name in ("BGP", "TriplesBlock"):
-                for _s, p, o in triples(node):
-                    if isinstance(p, URIRef) and str(p) == _RDF_TYPE:
-                        if isinstance(o, URIRef):
-                            found.append(("class", str(o)))
-                    else:
-                        path_iris(p)
-                return
-            for v in node.values():
-                visit(v)
-        elif isinstance(node, (list, tuple)):
-            for v in node:
-                visit(v)
-        elif isinstance(node, dict):
-            for v in node.values():
-                visit(v)
 
-    visit(algebra)
-    # rdflib keeps a prefixed name's escapes (singer:\\#name -> ...singer\\#name); an IRI has no backslash
-    return list(dict.fromkeys((kind, _PN_ESCAPE.sub(r"\1", t)) for kind, t in found))
+def mistyped_variables(query: str, schema: Any) -> list[str]:
+    """Variables the query gives a class (``?x a :concert``) and then uses where the graph has none of
+    that class: as the subject of a property no instance of the class has, or as the object of a
+    property whose values are literals or instances of other classes. Each as a line a repair round
+    can use: ``?T2 is a :concert, but :singer\\#song_name has literal values (xsd:string)``.
+
+    The domains and ranges are those the schema records (a store reads them from its data); a
+    property without them is not checked, nor a variable typed in another basic graph pattern than
+    its use, and a query that does not parse yields nothing here.
+    """
+    from rdflib.term import URIRef, Variable
+
+    from ragkit.errors import QueryParseError
+
+    try:
+        blocks = list(_basic_graph_patterns(_algebra(query)))
+    except QueryParseError:
+        return []
+    props = {p.name: p for p in schema.properties}
+    out = []
+    # a variable's classes are read within one basic graph pattern: a subquery, an OPTIONAL or a
+    # UNION branch may use the same name for something else
+    for block in blocks:
+        types: dict[str, set[str]] = {}
+        for s, p, o in block:
+            if isinstance(s, Variable) and isinstance(p, URIRef) and str(p) == _RDF_TYPE and isinstance(o, URIRef):
+                types.setdefault(str(s), set()).add(_iri(o))
+        for s, p, o in block if types else ():
+            prop = props.get(_iri(p)) if isinstance(p, URIRef) and str(p) != _RDF_TYPE else None
+            if prop is None:
+                continue
+            name = schema.compact(prop.name)
+            if isinstance(s, Variable) and str(s) in types and prop.domains and not types[str(s)] & set(prop.domains):
+                has = ", ".join(schema.compact(c) for c in prop.domains)
+                out.append(f"?{s} is a {_classes(types[str(s)], schema)}, but {name} is a property of {has}")
+            if isinstance(o, Variable) and str(o) in types and prop.ranges and not types[str(o)] & set(prop.ranges):
+                ranges = ", ".join(schema.compact(r) for r in prop.ranges)
+                what = f"literal values ({ranges})" if prop.kind == "datatype" else f"values of {ranges}"
+                out.append(f"?{o} is a {_classes(types[str(o)], schema)}, but {name} has {what}")
+    return list(dict.fromkeys(out))
+
+
+def _classes(iris: set[str], schema: Any) -> str:
+    return " and ".join(schema.compact(c) for c in sorted(iris))
 
 
 def named_and_unknown_terms(query: str, known: set[str]) -> tuple[list[str], list[str]]:

@@ -22,7 +22,16 @@ from __future__ import annotations
 from ragkit.core.component import register_stage
 from ragkit.errors import QueryError
 from ragkit.query.guard import check_read_only
-from ragkit.query.sparql import add_missing_prefixes, complete_triples, extract_query, fix_variable_names, parse_error, unbound_variables, unknown_sparql_terms
+from ragkit.query.sparql import (
+    add_missing_prefixes,
+    complete_triples,
+    extract_query,
+    fix_variable_names,
+    mistyped_variables,
+    parse_error,
+    unbound_variables,
+    unknown_sparql_terms,
+)
 from ragkit.stages.querygen.base import QueryGenerator, unknown_terms_message
 from ragkit.stores.base import GraphSchema
 
@@ -80,5 +89,8 @@ class SparqlQueryGenerator(QueryGenerator):
         if unbound:
             names = ", ".join(f"?{v}" for v in unbound)
             return f"{names} is selected but never bound in the WHERE block (add a triple pattern that binds it)"
+        mistyped = mistyped_variables(query, schema)
+        if mistyped:
+            return "; ".join(mistyped) + " (give each variable the class its properties belong to)"
         return None
 

@@ -230,3 +230,38 @@ def test_hyphens_in_variable_names_become_underscores() -> None:
     assert ":dogs\\#ref-owner_id" in fixed  # names keep their hyphens
     assert "?a-1" in fixed and "?b-?c" in fixed and '"?x-y"' in fixed  # subtraction and strings untouched
     assert parse_error(fix_variable_names("SELECT ?a-b WHERE { ?s ?p ?a-b }")) is None
+
+
+# ---- mistyped_variables ---------------------------------------------------------------------------
+from ragkit.query.sparql import mistyped_variables  # noqa: E402
+
+XSD = "http://www.w3.org/2001/XMLSchema#"
+TYPED = GraphSchema(
+    language="sparql",
+    classes=(SchemaClass(name=NS + "singer"), SchemaClass(name=NS + "concert")),
+    properties=(
+        SchemaProperty(name=NS + "singer#name", kind="datatype", domains=(NS + "singer",), ranges=(XSD + "string",)),
+        SchemaProperty(name=NS + "concert#year", kind="datatype", domains=(NS + "concert",), ranges=(XSD + "string",)),
+        SchemaProperty(name=NS + "sings_at", kind="object", domains=(NS + "singer",), ranges=(NS + "concert",)),
+        SchemaProperty(name=NS + "knows"),  # domains and ranges not recorded
+    ),
+    prefixes={"": NS, "xsd": XSD},
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "wrong"),
+    [
+        ("SELECT ?n WHERE { ?s a :singer ; :singer\\#name ?n . ?s :sings_at ?c . ?c a :concert }", []),
+        ("SELECT ?n WHERE { ?c a :concert ; :singer\\#name ?n }", ["?c is a :concert, but :singer\\#name is a property of :singer"]),
+        ("SELECT ?c WHERE { ?s a :singer . ?c a :concert . ?s :singer\\#name ?c }", ["?c is a :concert, but :singer\\#name has literal values (xsd:string)"]),
+        ("SELECT ?x WHERE { ?s a :singer . ?x a :singer . ?s :sings_at ?x }", ["?x is a :singer, but :sings_at has values of :concert"]),
+        ("SELECT ?x WHERE { ?s a :concert . ?s :knows ?x }", []),  # no domain recorded: not checked
+        ("SELECT ?n WHERE { ?s :singer\\#name ?n }", []),  # untyped
+        # one name, two basic graph patterns: each is read on its own
+        ("SELECT * WHERE { { ?s a :singer ; :singer\\#name ?n } UNION { ?s a :concert ; :concert\\#year ?n } }", []),
+        ("SELECT ?n WHERE { ?c a :concert ; :singer\\#nam", []),  # does not parse: parse_error's to report
+    ],
+)
+def test_mistyped_variables(body: str, wrong: list[str]) -> None:
+    assert mistyped_variables(P + body, TYPED) == wrong

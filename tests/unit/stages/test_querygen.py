@@ -124,6 +124,10 @@ def test_valid_greedy_reply_is_one_call(schema: Any, monkeypatch: pytest.MonkeyP
         (BROKEN, "does not parse"),
         (f"SELECT ?c WHERE {{ <{TINY}ann> <{TINY}livesAt> ?c }}", "unknown property tiny:livesAt (did you mean tiny:livesIn"),
         (f"SELECT ?c WHERE {{ ?c a <{TINY}Town> }}", "unknown class tiny:Town"),
+        (
+            f"SELECT ?p WHERE {{ ?c a <{TINY}City> . ?c <{TINY}livesIn> ?p }}",
+            "?c is a tiny:City, but tiny:livesIn is a property of tiny:Person (give each variable the class its properties belong to)",
+        ),
     ],
 )
 def test_invalid_greedy_reply_brings_beams_then_a_repair_that_shows_the_error(
