@@ -81,7 +81,7 @@ class _Place:
 @dataclass
 class _Context:
     """What the whole query written so far says that a look at its end cannot: the Cypher variables
-    it binds and the labels it gives them, the SPARQL prefixes it declares."""
+    it binds and the labels (or relationship types) it gives them, the SPARQL prefixes it declares."""
 
     bound: set[str] = field(default_factory=set)
     prefixes: dict[str, str] = field(default_factory=dict)

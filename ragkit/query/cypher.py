@@ -7,7 +7,18 @@ import re
 from ragkit.query.text import reply_body
 from ragkit.stores.base import GraphSchema
 
-__all__ = ["extract_cypher", "cypher_terms", "unknown_cypher_terms", "misdirected_relationships", "relationship_ends", "far_labels", "misplaced_properties"]
+__all__ = [
+    "extract_cypher",
+    "cypher_terms",
+    "unknown_cypher_terms",
+    "misdirected_relationships",
+    "misplaced_properties",
+    "relationship_ends",
+    "far_labels",
+    "node_labels",
+    "variable_owners",
+    "property_owners",
+]
 
 # A query starts at its first clause. Write clauses count too (upper-case only, so prose like "create"
 # does not), so that "MERGE (n) RETURN n" reaches the read-only guard whole, not as "RETURN n".

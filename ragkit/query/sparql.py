@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -213,8 +214,10 @@ def schema_terms(query: str) -> list[str]:
     return [iri for _kind, iri in typed_schema_terms(query)]
 
 
+@functools.lru_cache(maxsize=256)
 def _algebra(query: str) -> Any:
-    """rdflib's algebra of ``query``. Raises QueryParseError when it does not parse."""
+    """rdflib's algebra of ``query`` (read only: it is cached, as the checks of one candidate each
+    need it). Raises QueryParseError when it does not parse."""
     from rdflib.plugins.sparql import prepareQuery
 
     from ragkit.errors import QueryParseError
