@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ragkit.core.component import Resource
+from ragkit.core.workers import DaemonPool
 from ragkit.errors import InputError, QueryTimeoutError
 
 logger = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ class GraphStore(Resource):
         self.row_limit = row_limit
         self._schema_cache: tuple[str, GraphSchema] | None = None
         self._values_cache: tuple[str, list[GraphValue]] | None = None
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool: DaemonPool | None = None
         self._pool_lock = threading.Lock()
 
     # -- public API -----------------------------------------------------------------------------
@@ -217,16 +218,17 @@ class GraphStore(Resource):
     def teardown(self) -> None:
         with self._pool_lock:
             if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool.shutdown()
                 self._pool = None
 
     def _with_timeout(self, fn: Any, timeout: float, query: str) -> Any:
         # Embedded engines have no cancellation hook, so the query runs in a worker thread and the
         # caller stops waiting at the deadline. A runaway query keeps its worker busy until it ends;
-        # the pool is bounded so runaways cannot pile up without limit.
+        # the pool is bounded so runaways cannot pile up without limit, and its threads are daemons
+        # so a runaway never keeps the process from exiting.
         with self._pool_lock:
             if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(self._max_workers, thread_name_prefix=f"ragkit-{type(self).__name__}")
+                self._pool = DaemonPool(self._max_workers, f"ragkit-{type(self).__name__}")
             pool = self._pool
         fut = pool.submit(fn)
         try:
