@@ -77,6 +77,12 @@ def _type_names(text: str) -> list[str]:
     return [t for x in re.split(r"[|:]", text) if (t := x.strip().strip("`"))]
 
 
+# n.key: a variable's property (not a function call such as date.truncate() or apoc.date.format())
+_PROPERTY_USE = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\.(`[^`]+`|[A-Za-z_]\w*\b)(?!\s*\(|\.\w)")
+# key: in the inside of a pattern's {key: value, ...} map
+_MAP_KEY = re.compile(r"(?:^|,)\s*(`[^`]+`|\w+)\s*:")
+
+
 def cypher_terms(query: str) -> list[str]:
     """The node labels (``label :X``), relationship types (``relationship :R``) and property keys
     (``property .k``) a query names, in order, each once."""
@@ -90,12 +96,12 @@ def cypher_terms(query: str) -> list[str]:
         named += [f"relationship :{t}" for t in _type_names(m.group(1))]
     # n.key — property keys of nodes and relationships (not function calls such as date.truncate()
     # or apoc.date.format())
-    for m in re.finditer(r"(?<![\w.])([A-Za-z_]\w*)\.(`[^`]+`|[A-Za-z_]\w*\b)(?!\s*\(|\.\w)", q):
+    for m in _PROPERTY_USE.finditer(q):
         named.append(f"property .{m.group(2).strip('`')}")
     # {key: value} inside a node or relationship pattern: (n:Label {key: ...}), [r:TYPE {key: ...}];
     # not a map passed to a function, as in duration({days: 30})
     for m in re.finditer(r"(?:(?<![\w.])\(|\[)\s*\w*\s*(?::\s*(?:`[^`]+`|[\w|]+)\s*)*\{([^{}]*)\}\s*[)\]]", q):
-        for k in re.findall(r"(?:^|,)\s*(`[^`]+`|\w+)\s*:", m.group(1)):
+        for k in _MAP_KEY.findall(m.group(1)):
             named.append(f"property .{k.strip('`')}")
     return list(dict.fromkeys(named))
 
@@ -207,7 +213,6 @@ def misdirected_relationships(query: str, schema: GraphSchema) -> list[str]:
 
 
 _REL_VAR = re.compile(rf"\[\s*([A-Za-z_]\w*)\s*:\s*({_NAME}(?:\s*\|\s*:?\s*{_NAME})*)")
-_PROPERTY_USE = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\.(`[^`]+`|[A-Za-z_]\w*\b)(?!\s*\(|\.\w)")
 _MAP_IN_PATTERN = re.compile(rf"(?:(?<![\w.])\(|\[)\s*(\w*)\s*((?::\s*{_NAME}\s*(?:\|\s*:?\s*{_NAME}\s*)*)*)\{{([^{{}}]*)\}}\s*[)\]]")
 
 
@@ -250,7 +255,7 @@ def misplaced_properties(query: str, schema: GraphSchema) -> list[str]:
     uses = [(f"{v}.{k.strip('`')}", k.strip("`"), owners[v]) for v, k in _PROPERTY_USE.findall(q) if v in owners]
     for m in _MAP_IN_PATTERN.finditer(q):
         names = set(_label_names(m.group(2)) if m.group(0).startswith("(") else _type_names(m.group(2)))
-        for k in re.findall(r"(?:^|,)\s*(`[^`]+`|\w+)\s*:", m.group(3)):
+        for k in _MAP_KEY.findall(m.group(3)):
             uses.append((f"{{{k.strip('`')}: ...}}", k.strip("`"), names))
     out = []
     for wrote, key, names in uses:
