@@ -30,7 +30,18 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ragkit.query.cypher import _NODE, _REL, RelationshipEnds, _label_names, _type_names, far_labels, property_owners, relationship_ends, variable_owners
+from ragkit.query.cypher import (
+    _NODE,
+    _REL,
+    RelationshipEnds,
+    _label_names,
+    _type_names,
+    far_labels,
+    past_final_return,
+    property_owners,
+    relationship_ends,
+    variable_owners,
+)
 from ragkit.query.sparql import _STANDARD_NS
 from ragkit.stores.base import GraphSchema, _local_name
 
@@ -117,6 +128,7 @@ class TermConstraint:
         prefixes: dict[str, str] | None = None,
         ends: RelationshipEnds | None = None,
         keys: dict[str, set[str]] | None = None,
+        over: Callable[[str], bool] | None = None,
     ) -> None:
         self.places = list(places)
         self.triggers = triggers
@@ -134,6 +146,9 @@ class TermConstraint:
         self._keys = dict(keys or {})
         """Cypher: the property keys of each label and relationship type. ``m.`` after ``(m:Movie)``
         may then name only a key a Movie has."""
+        self._over = over
+        """Whether a partial query is over: whatever it writes next would be cut from it (Cypher: a
+        read clause begun after the final ``RETURN``)."""
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -200,13 +215,17 @@ class TermConstraint:
             return None
         strings = re.compile(r'"(?:[^"\\\n]|\\.)*"?|\'(?:[^\'\\\n]|\\.)*\'?|`[^`]*`?|//[^\n]*')
         ends = relationship_ends(schema)
-        return cls(places, ":.|>" if ends else ":.|", strings, ends=ends, keys=property_owners(schema))
+        return cls(places, ":.|>" if ends else ":.|", strings, ends=ends, keys=property_owners(schema), over=past_final_return)
 
     # -- checks -----------------------------------------------------------------------------------
     def blank_literals(self, text: str) -> str:
         """``text`` with string literals, IRIs and comments blanked (same length), so names inside
         them are not seen."""
         return self._strings.sub(lambda m: " " * len(m.group(0)), text)
+
+    def over(self, text: str) -> bool:
+        """Whether the query ``text`` begins is over: what it writes from here on would be cut from it."""
+        return self._over is not None and not self.inside_literal(text) and self._over(text)
 
     def inside_literal(self, text: str) -> bool:
         """True when ``text`` ends inside a string literal, IRI or comment (no name can start there)."""
@@ -414,6 +433,9 @@ class TermLogitsProcessor:
         self.masked_steps = 0
         self.forced = 0
         """Steps where the model's first choice was ruled out (for beams: per beam)."""
+        self.ended = 0
+        """Rows ended because their query was over (:meth:`TermConstraint.over`): not counted as forced,
+        as nothing the model wrote from there would have been kept."""
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
@@ -424,6 +446,14 @@ class TermLogitsProcessor:
             if generated and generated[-1] in self._ends:
                 continue  # the row has ended (in a batch it waits for the others): its next token is padding anyway
             text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            if self.eos_ids and self.constraint.over(text):
+                # the end token at probability 1: the row's score (a sum of log-probabilities under
+                # beam search) stays what the query itself earned
+                eos = torch.tensor([i for i in self.eos_ids if i < width], dtype=torch.long, device=scores.device)
+                scores[row].fill_(float("-inf"))
+                scores[row].index_fill_(0, eos, 0.0)
+                self.ended += 1
+                continue
             banned = self._banned(text, width)
             if len(banned) >= width and len(set(banned)) >= width:
                 continue  # nothing would be left: the text went somewhere the schema cannot follow; leave it free

@@ -18,6 +18,7 @@ __all__ = [
     "node_labels",
     "variable_owners",
     "property_owners",
+    "past_final_return",
 ]
 
 # A query starts at its first clause. Write clauses count too (upper-case only, so prose like "create"
@@ -37,19 +38,18 @@ def extract_cypher(text: str) -> str:
     return _end_at_final_return(text.strip().rstrip(";").strip()).rstrip(";").strip()
 
 
-_CLAUSE = re.compile(r"(?i)(?<![\w.])(UNION|RETURN|OPTIONAL\s+MATCH|MATCH|(?<!STARTS )(?<!ENDS )WITH|UNWIND|CALL|CREATE|MERGE|DELETE|DETACH|SET|REMOVE|FOREACH|LOAD)(?!\w)")
+_CLAUSE_WORDS = r"(?<![\w.])(UNION|RETURN|OPTIONAL\s+MATCH|MATCH|(?<!STARTS )(?<!ENDS )WITH|UNWIND|CALL|CREATE|MERGE|DELETE|DETACH|SET|REMOVE|FOREACH|LOAD)(?!\w)"
+_CLAUSE = re.compile("(?i)" + _CLAUSE_WORDS)
+_UPPER_CLAUSE = re.compile(_CLAUSE_WORDS)
 _READ_CLAUSES = {"RETURN", "MATCH", "WITH", "UNWIND", "CALL"}
 
 
-def _end_at_final_return(query: str) -> str:
-    """``query`` cut before a read clause that follows its final ``RETURN`` (outside braces and
-    brackets, with no ``UNION`` between): Cypher ends a query at ``RETURN``, and a small model that
-    goes on (``RETURN m.title MATCH (m:Movie) ...``) is repeating itself. Neo4j refuses such a
-    query; some embedded engines silently ignore the rest. A write clause there is left for the
-    read-only guard to refuse."""
+def _after_final_return(query: str, clause: re.Pattern[str] = _CLAUSE) -> int | None:
+    """Where a read clause follows ``query``'s final ``RETURN`` (outside braces and brackets, with no
+    ``UNION`` between), or None."""
     plain = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', lambda m: " " * len(m.group(0)), query)
     returned = False
-    for m in _CLAUSE.finditer(plain):
+    for m in clause.finditer(plain):
         before = plain[: m.start()]
         if sum(before.count(c) for c in "([{") != sum(before.count(c) for c in ")]}"):
             continue  # inside a subquery, a pattern comprehension or a map
@@ -59,8 +59,27 @@ def _end_at_final_return(query: str) -> str:
         elif word == "UNION":
             returned = False
         elif returned and word in _READ_CLAUSES:
-            return query[: m.start()].rstrip()
-    return query
+            return m.start()
+    return None
+
+
+def _end_at_final_return(query: str) -> str:
+    """``query`` cut before a read clause that follows its final ``RETURN``: Cypher ends a query at
+    ``RETURN``, and a small model that goes on (``RETURN m.title MATCH (m:Movie) ...``) is repeating
+    itself. Neo4j refuses such a query; some embedded engines silently ignore the rest. A write
+    clause there is left for the read-only guard to refuse."""
+    cut = _after_final_return(query)
+    return query if cut is None else query[:cut].rstrip()
+
+
+def past_final_return(text: str) -> bool:
+    """Whether a query being written has begun a read clause after its final ``RETURN``, so that
+    nothing it writes from here on is kept (:func:`extract_cypher` cuts it). Stricter than the cut,
+    as generation ends on it: only upper-case clause words count (prose such as "return the movies
+    with ..." does not), and only once the clause word is complete (``RETURN matches`` is not
+    ``RETURN`` then ``MATCH``)."""
+    head = re.sub(r"\w+\Z", "", text)
+    return _after_final_return(head, _UPPER_CLAUSE) is not None
 
 
 def _strip_strings(q: str) -> str:

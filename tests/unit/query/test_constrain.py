@@ -229,6 +229,18 @@ def test_processor_turns_a_misdirected_hop_undirected(directed: TermConstraint) 
     assert ">" in _allowed(proc, tok, "MATCH (m:Person)-[:ACTED_IN]-")  # the right way round
 
 
+def test_processor_ends_a_cypher_query_that_goes_on_after_its_final_return(cypher: TermConstraint) -> None:
+    tok = _Tokenizer(["a", "MATCH", " (", "m", ":", "Movie", ")", " RETURN", " m", ".", "title", "\n", "ed", " WITH"])
+    proc = TermLogitsProcessor(cypher, tok, prompt_length=0, eos_ids=[0])
+    assert _allowed(proc, tok, "MATCH (m:Movie) RETURN m.title\nMATCH (") == {"<eos>"}
+    assert _allowed(proc, tok, "MATCH (m:Movie) RETURN m.title WITH (") == {"<eos>"}
+    assert proc.ended == 2 and proc.forced == 0  # ending is not overruling the model
+    assert len(_allowed(proc, tok, "MATCH (m:Movie) RETURN m.title\nMATCH")) > 1  # "MATCHed" is still possible
+    assert len(_allowed(proc, tok, "MATCH (m:Movie) RETURN m.title")) > 1
+    scores = proc(torch.tensor([[tok.pieces.index(p) for p in _split("MATCH (m:Movie) RETURN m.title\nMATCH (", tok)]]), torch.randn(1, len(tok)))
+    assert scores[0, 0] == 0.0  # the end token at probability 1: a beam's score is not changed by it
+
+
 def test_processor_reads_only_the_generated_part(sparql: TermConstraint) -> None:
     tok = _Tokenizer(PIECES)
     prompt = [tok.pieces.index(" :bands")]  # a wrong name in the prompt is not the model's

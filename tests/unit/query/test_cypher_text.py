@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ragkit.query.cypher import extract_cypher, misdirected_relationships, misplaced_properties, unknown_cypher_terms
+from ragkit.query.cypher import extract_cypher, misdirected_relationships, misplaced_properties, past_final_return, unknown_cypher_terms
 from ragkit.stores.base import GraphSchema, SchemaClass, SchemaProperty
 
 Q = "MATCH (p:Person)-[:LIVES_IN]->(c:City) RETURN c.name"
@@ -68,6 +68,31 @@ def test_extract_cypher_keeps_multiline_queries_and_optional_match() -> None:
 )
 def test_extract_cypher_ends_the_query_at_its_final_return(reply: str, query: str | None) -> None:
     assert extract_cypher(reply) == (query or reply)
+
+
+@pytest.mark.parametrize(
+    ("text", "over"),
+    [
+        ("MATCH (m:Movie) RETURN m.title\nMATCH (", True),
+        ("MATCH (m:Movie) RETURN m.title WITH ", True),
+        ("MATCH (m:Movie) RETURN m.title\nOPTIONAL MATCH (", True),
+        # not yet: the clause word may still become another word
+        ("MATCH (m:Movie) RETURN m.title\nMATCH", False),
+        ("MATCH (m:Movie) RETURN matched", False),
+        ("MATCH (m:Movie) RETURN m.title\nOPTIONAL ", False),
+        # never: prose, a union, a subquery, a string, a write clause
+        ("This will return the movies with ", False),
+        ("MATCH (a:Person) RETURN a.name UNION MATCH (", False),
+        ("MATCH (p:Person) CALL { WITH p MATCH (p)-->(m) RETURN count(m) AS n } RETURN p.name, n", False),
+        ("MATCH (p:Person) RETURN p.name, 'x' AS y, [(p)-->(m) WHERE m.title STARTS WITH ", False),
+        ("MATCH (p:Person) RETURN p.name, 'RETURN x MATCH y' AS ", False),
+        ("MATCH (p:Person) RETURN p CREATE (", False),
+    ],
+)
+def test_past_final_return_says_when_generation_can_end(text: str, over: bool) -> None:
+    assert past_final_return(text) is over
+    if over:  # what generation ends on is what extraction would cut
+        assert extract_cypher(text + "x:Movie) RETURN x") == "MATCH (m:Movie) RETURN m.title"
 
 
 @pytest.mark.parametrize(
