@@ -17,6 +17,12 @@ Candidates are made lazily, cheapest first:
 With ``constrained`` (the default) every one of them is decoded under a
 :class:`~ragkit.query.constrain.TermConstraint`: where the query names a class, property, label,
 relationship type or property key, the model can only spell one the graph's schema has.
+
+Given the ``previous`` input (another generator's output), a generator is a *fallback*: when one of
+the previous candidates is good it is passed on and nothing is generated; otherwise this generator's
+candidates are made as above and ranked together with the previous ones. Fine-tuned and few-shot
+prompting get different questions right, so a pipeline can try the adapter's query first and fall
+back to retrieved examples (``pipelines/kgqa_sparql_finetuned_fallback.yaml``).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ragkit.core.metrics import current_recorder
 from ragkit.core.stage import Output, Stage
-from ragkit.errors import InputError, QueryError, StoreError, StoreUnavailableError
+from ragkit.errors import ConfigError, InputError, QueryError, StoreError, StoreUnavailableError
 from ragkit.models.base import LLM, ChatMessage
 from ragkit.query.constrain import TermConstraint
 from ragkit.stages.linkers.entity import LinkedEntities, query_values
@@ -143,14 +149,23 @@ class QueryGenerator(Stage):
         schema_text: str,
         examples: list[QueryExample] | None = None,
         entities: LinkedEntities | None = None,
+        previous: GeneratedQuery | None = None,
     ) -> QueryGenOutput:
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty (ask something)")
+        candidates = self._previous_candidates(previous)
+        inherited = {id(c) for c in candidates}
+        rec = current_recorder()
+        if previous is not None:
+            if rec is not None:
+                rec.note("fallback", not any(c.good for c in candidates))
+            if any(c.good for c in candidates):
+                generated = GeneratedQuery(language=self.language, query=candidates[0].query, candidates=candidates)
+                return QueryGenOutput(generated=generated, query=generated.query)
         messages = self.messages(question, schema_text, examples or [], entities)
         self._note_prompt(messages, schema_text)
         constraint = TermConstraint.for_schema(graph_schema) if self.constrained else None
-        candidates: list[QueryCandidate] = []
-        seen: set[str] = set()
+        seen = {" ".join(c.query.split()) for c in candidates}
         forced = self._collect(messages, 1, graph_schema, candidates, seen, "greedy", constraint)
         # Beams when the greedy query fails, and also when the constraint had to overrule the
         # model on it: a query forced into the schema runs, but the model was unsure of it.
@@ -169,16 +184,42 @@ class QueryGenerator(Stage):
             repairs += 1
         if not candidates:
             candidates.append(QueryCandidate(query="", score=0.0, error="the model wrote no query"))
-        candidates = self._rank(candidates)
-        rec = current_recorder()
+        ranked = self._rank(candidates)
         if rec is not None:
+            if previous is not None:
+                rec.note("fallback_chosen", id(ranked[0]) not in inherited)
             rec.note("candidates", len(candidates))
             rec.note("valid", sum(c.error is None for c in candidates))
             rec.note("repairs", repairs)
             rec.note("constrained", constraint is not None and self.llm.constrains_decoding)
             rec.note("forced_tokens", forced)
-        generated = GeneratedQuery(language=self.language, query=candidates[0].query, candidates=candidates)
+        generated = GeneratedQuery(language=self.language, query=ranked[0].query, candidates=ranked)
         return QueryGenOutput(generated=generated, query=generated.query)
+
+    def _previous_candidates(self, previous: GeneratedQuery | None) -> list[QueryCandidate]:
+        """The candidates of the generator this one falls back from, ranked; a valid one that
+        generator did not execute is executed here when this generator has a store."""
+        if previous is None:
+            return []
+        if previous.language != self.language:
+            raise ConfigError(f"the {self.language} generator's 'previous' input is a {previous.language} query: connect a {self.language} generator to it")
+        out = []
+        for c in previous.candidates:
+            if c.error is None and c.rows is None and c.query and self.store is not None:
+                rows, error = self._execute(c.query)
+                c = c.model_copy(update={"rows": rows, "error": error})
+            out.append(c)
+        return self._rank(out)
+
+    def _execute(self, query: str) -> tuple[int | None, str | None]:
+        """Rows the query returns (at most 5) and None, or None and why it failed."""
+        assert self.store is not None
+        try:
+            return len(self.store.query(query, limit=5).rows), None
+        except StoreUnavailableError:
+            raise  # the store is down, not the query wrong: repairing it would not help
+        except (QueryError, StoreError) as e:
+            return None, f"{type(e).__name__}: {e}"
 
     def _note_prompt(self, messages: list[ChatMessage], schema_text: str) -> None:
         """Record what the prompt is made of, so reports can show the tokens spent on schema and
@@ -221,12 +262,7 @@ class QueryGenerator(Stage):
             error = self.check(query, schema)
             rows = None
             if error is None and self.store is not None:
-                try:
-                    rows = len(self.store.query(query, limit=5).rows)
-                except StoreUnavailableError:
-                    raise  # the store is down, not the query wrong: repairing it would not help
-                except (QueryError, StoreError) as e:
-                    error = f"{type(e).__name__}: {e}"
+                rows, error = self._execute(query)
             out.append(QueryCandidate(query=query, score=score, error=error, rows=rows, origin=origin))
         return gen.stats.forced_tokens
 

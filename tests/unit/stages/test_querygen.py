@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from ragkit import Pipeline
-from ragkit.errors import InputError
+from ragkit.errors import ConfigError, InputError
 from ragkit.models.base import ChatMessage, Generation
 from ragkit.stages.linkers.entity import EntityMention, LinkedEntities
-from ragkit.stages.querygen.base import QueryGenOutput
+from ragkit.stages.querygen.base import GeneratedQuery, QueryCandidate, QueryGenOutput
 from ragkit.stages.querygen.cypher import DEFAULT_CYPHER_INSTRUCTIONS, CypherQueryGenerator
 from ragkit.stages.querygen.sparql import DEFAULT_SPARQL_INSTRUCTIONS, SparqlQueryGenerator
 from ragkit.stages.schema.reader import GraphSchemaReader
@@ -449,3 +449,81 @@ def test_beams_follow_a_greedy_query_the_constraint_had_to_force(schema: Any) ->
     llm = ScriptedLLM(responses=[GOOD, GOOD_BOB])
     generate(SparqlQueryGenerator(llm=llm, store=TinyGraphStore(), num_candidates=2), schema)
     assert len(llm.prompts) == 1
+
+
+# ---- a generator that falls back from another -----------------------------------------------------
+def previous_of(*candidates: QueryCandidate, language: str = "sparql") -> GeneratedQuery:
+    return GeneratedQuery(language=language, query=candidates[0].query, candidates=list(candidates))
+
+
+def test_a_good_previous_query_is_passed_on_without_generating(schema: Any) -> None:
+    llm = ScriptedLLM(responses=[GOOD_BOB])
+    prev = previous_of(QueryCandidate(query=GOOD, score=-0.5, rows=1), QueryCandidate(query=BROKEN, error="does not parse"))
+    out = generate(SparqlQueryGenerator(llm=llm, store=TinyGraphStore()), schema, previous=prev)
+    assert llm.prompts == []
+    assert out.query == GOOD and out.generated.candidates == prev.candidates
+
+
+@pytest.mark.parametrize(
+    "failed",
+    [QueryCandidate(query=BROKEN, score=-0.01, error="SPARQL syntax error"), QueryCandidate(query=EMPTY, score=-0.01, rows=0)],
+    ids=["invalid", "empty"],
+)
+def test_a_failed_previous_query_brings_this_generators_candidates_ranked_with_it(schema: Any, failed: QueryCandidate) -> None:
+    llm = ScriptedLLM(responses=[GOOD_BOB])
+    out = generate(SparqlQueryGenerator(llm=llm, store=TinyGraphStore()), schema, previous=previous_of(failed))
+    assert len(llm.prompts) == 1
+    assert [c.query for c in out.generated.candidates] == [GOOD_BOB, failed.query]  # good first, though less likely
+    assert out.query == GOOD_BOB
+
+
+def test_when_the_fallback_fails_too_the_previous_query_can_still_win(schema: Any) -> None:
+    # both valid and empty: the likelier one is kept, whichever generator wrote it
+    llm = ScriptedLLM(responses=[EMPTY2])  # scored -0.1
+    prev = previous_of(QueryCandidate(query=EMPTY, score=-0.05, rows=0))
+    out = generate(SparqlQueryGenerator(llm=llm, store=TinyGraphStore(), num_candidates=1, repair_rounds=0), schema, previous=prev)
+    assert out.query == EMPTY and [c.query for c in out.generated.candidates] == [EMPTY, EMPTY2]
+
+
+def test_the_fallback_does_not_retry_a_query_the_previous_generator_wrote(schema: Any) -> None:
+    store = TinyGraphStore()
+    llm = ScriptedLLM(responses=[EMPTY])
+    prev = previous_of(QueryCandidate(query=EMPTY, rows=0))
+    out = generate(SparqlQueryGenerator(llm=llm, store=store, num_candidates=1, repair_rounds=0), schema, previous=prev)
+    assert len(llm.prompts) == 1 and store.executed == [] and len(out.generated.candidates) == 1
+
+
+@pytest.mark.parametrize(("query", "calls"), [(GOOD, 0), (EMPTY, 1)])
+def test_a_previous_query_that_was_not_executed_is_executed_by_a_fallback_with_a_store(schema: Any, query: str, calls: int) -> None:
+    store = TinyGraphStore()
+    llm = ScriptedLLM(responses=[GOOD_BOB])
+    out = generate(SparqlQueryGenerator(llm=llm, store=store), schema, previous=previous_of(QueryCandidate(query=query)))
+    assert store.executed[0] == query and len(llm.prompts) == calls
+    assert next(c for c in out.generated.candidates if c.query == query).rows == (1 if query == GOOD else 0)
+
+
+def test_a_previous_query_of_another_language_is_a_wiring_error(schema: Any) -> None:
+    prev = previous_of(QueryCandidate(query="MATCH (n) RETURN n"), language="cypher")
+    with pytest.raises(ConfigError, match="connect a sparql generator"):
+        generate(SparqlQueryGenerator(llm=ScriptedLLM()), schema, previous=prev)
+
+
+def fallback_spec(first: list[str], second: list[str]) -> dict[str, Any]:
+    spec = sparql_spec(num_candidates=1, repair_rounds=0)
+    spec["resources"]["tuned"] = {"type": "scripted_llm", "responses": first}
+    spec["resources"]["llm"]["responses"] = second
+    spec["stages"].insert(1, {"name": "first", "type": "sparql_generator", "llm": "tuned", "store": "graph", "num_candidates": 1, "repair_rounds": 0})
+    spec["connections"] += ["schema.graph_schema -> first.graph_schema", "schema.text -> first.schema_text", "first.generated -> querygen.previous"]
+    spec["inputs"]["question"].append("first.question")
+    return spec
+
+
+@pytest.mark.parametrize(("first", "second", "query", "fallback", "chosen"), [(GOOD, GOOD_BOB, GOOD, False, None), (BROKEN, GOOD_BOB, GOOD_BOB, True, True)])
+def test_a_pipeline_falls_back_from_one_generator_to_another(first: str, second: str, query: str, fallback: bool, chosen: bool | None) -> None:
+    pipe = Pipeline.from_dict(fallback_spec([first], [second]))
+    result = pipe.run(question=QUESTION)
+    assert result["query"] == query
+    notes = result.trace.stage("querygen").extra
+    assert notes["fallback"] is fallback and notes.get("fallback_chosen") is chosen
+    assert len(pipe.resources["llm"].prompts) == int(fallback)  # type: ignore[attr-defined]
+    assert Pipeline.from_dict(pipe.to_dict()) == pipe
