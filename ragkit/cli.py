@@ -397,12 +397,21 @@ def eval_cmd(
         else:
             pred = predictions
         with Progress(
-            TextColumn(f"[bold]{pf.stem}[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True
+            TextColumn(f"[bold]{pf.stem}[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=not console.is_terminal,
         ) as bar:
             task = bar.add_task("eval", total=None)
+            lines = None if console.is_terminal else _plain_progress(f"{pf.stem} questions")
 
             def progress(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
+                if lines is not None:
+                    lines(done, total)
 
             try:
                 with _stop_on_terminate():
@@ -566,32 +575,47 @@ def finetune_cmd(train_files: tuple[Path, ...], bank: Path | None, folds: int | 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from ragkit.finetune.trainer import FinetuneOptions, finetune
+    from ragkit.finetune.trainer import FinetuneOptions, TrainingStopped, finetune
 
     for f in [*train_files, *([bank] if bank else [])]:
         if not f.is_file():
             raise UserError(f"training file {f} does not exist")
     opts = FinetuneOptions(output=str(output), **kw)
     console = Console(stderr=True)
-    with Progress(
-        TextColumn("[bold]{task.description}[/bold]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    ) as bar:
+    with (
+        Progress(
+            TextColumn("[bold]{task.description}[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not console.is_terminal,
+        ) as bar,
+        _stop_after_step() as stop,
+    ):
 
         def progress(name: str) -> Callable[[int, int, float | None], None]:
             task = bar.add_task(name, total=None, loss="-")
+            lines = None if console.is_terminal else _plain_progress(f"{name} step")
 
             def update(step: int, total: int, loss: float | None) -> None:
-                bar.update(task, completed=step, total=total, loss="-" if loss is None else f"{loss:.4f}")
+                shown = "-" if loss is None else f"{loss:.4f}"
+                bar.update(task, completed=step, total=total, loss=shown)
+                if lines is not None:
+                    lines(step, total, loss=shown)
 
             return update
 
-        metas = finetune([str(f) for f in train_files], opts, bank=str(bank) if bank else None, folds=folds, progress=progress, log=lambda m: console.print(m))
+        try:
+            metas = finetune(
+                [str(f) for f in train_files], opts, bank=str(bank) if bank else None, folds=folds, progress=progress, log=lambda m: console.print(m), stop=stop
+            )
+        except TrainingStopped as e:
+            bar.stop()
+            click.echo(str(e), err=True)
+            sys.exit(130)
     for m in metas:
         tp = m["throughput"]
         where = output / f"fold-{m['fold']}" if "fold" in m else output
@@ -599,6 +623,62 @@ def finetune_cmd(train_files: tuple[Path, ...], bank: Path | None, folds: int | 
             f"{where}: {m['steps']} steps, loss {m['loss_before']:.4f} -> {m['loss_after']:.4f} on {len(m['probe_ids'])} training sequences; "
             f"{tp['tokens_per_second']} tokens/s, {tp['seconds_per_step']} s/step, peak RSS {tp['peak_rss_mb']} MB"
         )
+
+
+@contextlib.contextmanager
+def _stop_after_step() -> Iterator[Any]:
+    """A :class:`threading.Event` that the first Ctrl-C or ``kill`` (SIGTERM) sets, so a training run ends
+    at its next step boundary with a checkpoint; a second one stops at once."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
+        yield stop
+        return
+
+    def request(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo("stopping after the step under way, with a checkpoint (again to stop at once, losing the step)", err=True)
+
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _plain_progress(name: str, every: float = 60.0) -> Callable[..., None]:
+    """For a log file instead of a terminal (where a progress bar shows nothing until the end): a line on
+    stderr at most every ``every`` seconds, and at the last step."""
+    import time
+
+    start = time.monotonic()
+    last = [start - every]
+
+    def update(done: int, total: int | None, **fields: Any) -> None:
+        now = time.monotonic()
+        if now - last[0] < every and done != total:
+            return
+        last[0] = now
+        elapsed = now - start
+        line = f"{name}: {done}" + (f"/{total}" if total else "")
+        line += "".join(f", {k} {v}" for k, v in fields.items())
+        line += f", {_clock(elapsed)} elapsed"
+        if total and 0 < done < total and elapsed > 0:
+            line += f", about {_clock(elapsed / done * (total - done))} left"
+        click.echo(line, err=True)
+
+    return update
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 @cli.command("plan")

@@ -25,6 +25,7 @@ import math
 import os
 import random
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,10 +51,21 @@ from ragkit.stores.base import GraphSchema
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FinetuneOptions", "finetune", "train_adapter", "sequence_loss", "fold_summary"]
+__all__ = ["FinetuneOptions", "TrainingStopped", "finetune", "train_adapter", "sequence_loss", "fold_summary"]
 
 Progress = Callable[[int, int, float | None], None]
 """Called with (step, total steps, last loss) after each optimizer step."""
+
+
+class TrainingStopped(UserError):
+    """Training was asked to stop (``stop`` was set): it stopped at a step boundary and saved a checkpoint
+    there, so the same command resumes from that step."""
+
+    def __init__(self, output: Path, step: int, total: int) -> None:
+        self.output, self.step, self.total = output, step, total
+        super().__init__(
+            f"stopped at step {step} of {total}; the checkpoint in {output / 'checkpoint'} is kept: run the same command again to resume"
+        )
 
 
 @dataclass
@@ -235,6 +247,7 @@ def sequence_loss(model: Any, seqs: Sequence[Encoded], pad_id: int, device: str 
 
 
 def _save_checkpoint(folder: Path, model: Any, optimizer: Any, state: dict[str, Any]) -> None:
+    import torch
     from safetensors.torch import save_file
 
     tmp = folder.with_name(folder.name + ".tmp")
@@ -243,6 +256,7 @@ def _save_checkpoint(folder: Path, model: Any, optimizer: Any, state: dict[str, 
     sd = optimizer.state_dict()
     tensors = {f"{idx}/{k}": v.contiguous() for idx, st in sd["state"].items() for k, v in st.items()}
     save_file(tensors, str(tmp / "optimizer.safetensors"))
+    save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))  # dropout masks go on as uninterrupted
     (tmp / "trainer_state.json").write_text(json.dumps({**state, "param_groups": sd["param_groups"]}, indent=1), encoding="utf-8")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)  # a checkpoint is complete or absent, never half-written
@@ -260,6 +274,10 @@ def _load_checkpoint(folder: Path, model: Any, optimizer: Any) -> dict[str, Any]
         idx, name = key.split("/", 1)
         per.setdefault(int(idx), {})[name] = v
     optimizer.load_state_dict({"state": per, "param_groups": state["param_groups"]})
+    if (folder / "rng.safetensors").is_file():  # absent from checkpoints of earlier versions
+        import torch
+
+        torch.set_rng_state(load_file(str(folder / "rng.safetensors"))["torch"])
     return state  # type: ignore[no-any-return]
 
 
@@ -274,8 +292,12 @@ def train_adapter(
     meta: dict[str, Any],
     pad_id: int,
     progress: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
-    """Train one LoRA adapter on ``seqs`` and write it, with ``meta`` completed, to ``output``."""
+    """Train one LoRA adapter on ``seqs`` and write it, with ``meta`` completed, to ``output``.
+
+    When ``stop`` is set, training ends after the step under way, saves a checkpoint and raises
+    :class:`TrainingStopped` (a step is never cut in half, so the checkpoint is consistent)."""
     try:
         import torch
         from peft import LoraConfig, get_peft_model
@@ -334,6 +356,10 @@ def train_adapter(
     if progress is not None:
         progress(step, total, losses[-1] if losses else None)
     while step < total:
+        if stop is not None and stop.is_set():
+            if step:
+                _save_checkpoint(ckpt, model, optimizer, {"run_key": run_key, "step": step, "losses": losses, "tokens": tokens, "seconds": seconds, "loss_before": loss_before})
+            raise TrainingStopped(output, step, total)
         t0 = time.perf_counter()
         lr = opts.lr * min(1.0, (step + 1) / max(1, opts.warmup)) * max(0.0, 1.0 - step / total) if total > opts.warmup else opts.lr
         for g in optimizer.param_groups:
@@ -409,6 +435,7 @@ def finetune(
     folds: int | None = None,
     progress: Callable[[str], Progress] | None = None,
     log: Callable[[str], None] = logger.info,
+    stop: threading.Event | None = None,
 ) -> list[dict[str, Any]]:
     """Train the adapter(s) ``ragkit finetune`` names; returns the metadata written for each.
 
@@ -419,6 +446,8 @@ def finetune(
             fold's items and their equivalents (the evaluation protocol), the general corpora added.
         folds: number of folds for ``bank`` (without it the whole bank is training data).
         progress: given an adapter's name, returns its per-step callback.
+        stop: set it (from a signal handler, another thread) to end training after the step under way
+            with a checkpoint; :class:`TrainingStopped` is raised and the same call resumes.
         log: where to report what the data became.
     """
     opts.check()
@@ -472,7 +501,7 @@ def finetune(
         seqs, stats = build_sequences(all_pairs, book_pairs, builder, tokenize, **build_opts)
         log(_build_line(stats, opts))
         meta = {**base_meta, "sequences": stats.kept, "build": _build_meta(stats)}
-        results.append(train_adapter(seqs, opts, out, meta, pad_id, progress(out.name) if progress else None))
+        results.append(train_adapter(seqs, opts, out, meta, pad_id, progress(out.name) if progress else None, stop))
         return results
     splits = make_folds(bank_pairs, folds, opts.seed)
     index = {"bank": base_meta["bank"], "language": opts.language, "base_model": base_meta["base_model"], "folds": []}
@@ -490,7 +519,7 @@ def finetune(
             "sequences": stats.kept,
             "build": _build_meta(stats),
         }
-        results.append(train_adapter(seqs, opts, out / name, meta, pad_id, progress(name) if progress else None))
+        results.append(train_adapter(seqs, opts, out / name, meta, pad_id, progress(name) if progress else None, stop))
         index["folds"].append({"adapter": name, "held_out": meta["held_out_ids"], "dropped": fold.dropped})
     (out / FOLDS_META).write_text(json.dumps(index, indent=1), encoding="utf-8")
     return results

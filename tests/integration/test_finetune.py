@@ -155,3 +155,41 @@ def test_the_target_loss_equals_the_models_own_loss(monkeypatch: pytest.MonkeyPa
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_ours, g_theirs))
     lone: Encoded = batch[0]
     assert trainer.sequence_loss(model, [lone], 0) == pytest.approx(float(model(**trainer._collate([lone], 0, "cpu")).loss.detach()), rel=1e-5)
+
+
+def test_a_stopped_run_saves_a_checkpoint_at_its_step_and_resumes_to_the_same_losses(tmp_path: Path) -> None:
+    """``stop`` ends training at a step boundary with a checkpoint; running again continues from it and
+    ends where an uninterrupted run ends, step for step (the checkpoint keeps the dropout RNG too)."""
+    import threading
+
+    pytest.importorskip("peft")
+    from ragkit.finetune.data import encode
+    from ragkit.finetune.trainer import FinetuneOptions, TrainingStopped, train_adapter
+
+    base = tmp_path / "tiny"
+    _tiny_llama().save_pretrained(base)
+    seqs = [encode(str(i), "p", "t", lambda s, i=i: list(range(3 + i, 9 + 2 * i)) if s == "p" else list(range(40 + i, 46 + i))) for i in range(6)]
+
+    def options(out: Path) -> FinetuneOptions:
+        return FinetuneOptions(
+            language="sparql", output=str(out), model=str(base), device="cpu", max_steps=6, batch_size=2, grad_accum=1,
+            lr=5e-3, warmup=1, probe=4, rank=4, alpha=8, dropout=0.3, save_every=100,
+        )  # fmt: skip
+
+    whole = train_adapter(seqs, options(tmp_path / "whole"), tmp_path / "whole", {}, pad_id=0)
+    stop = threading.Event()
+
+    def progress(step: int, total: int, loss: float | None) -> None:
+        if step == 3:
+            stop.set()  # as the first Ctrl-C or SIGTERM does during step 3
+
+    out = tmp_path / "stopped"
+    with pytest.raises(TrainingStopped, match="stopped at step 3 of 6") as e:
+        train_adapter(seqs, options(out), out, {}, pad_id=0, progress=progress, stop=stop)
+    assert e.value.step == 3 and not (out / "adapter_model.safetensors").exists()
+    state = json.loads((out / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 3 and state["losses"] == whole["losses"][:3]
+    resumed = train_adapter(seqs, options(out), out, {}, pad_id=0)
+    assert resumed["steps"] == 6 and resumed["losses"] == pytest.approx(whole["losses"], rel=1e-5)
+    assert resumed["loss_after"] == pytest.approx(whole["loss_after"], rel=1e-5)
+    assert not (out / "checkpoint").exists()

@@ -301,3 +301,42 @@ def test_serve_concurrency_on_an_unsafe_pipeline_exits_2(tmp_path: Path) -> None
     r = ragkit("serve", str(f), "--concurrency", "2")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "stage 'echo' (echo)" in r.stderr and "use concurrency 1" in r.stderr
+
+
+def test_long_commands_write_progress_lines_when_stderr_is_not_a_terminal(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    from ragkit.cli import _plain_progress
+
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    update = _plain_progress("adapter step", every=60.0)
+    update(0, 100, loss="-")  # the first call prints
+    now[0] += 30
+    update(10, 100, loss="0.5000")  # within a minute of the last line: nothing
+    now[0] += 40
+    update(20, 100, loss="0.4000")
+    now[0] += 5
+    update(100, 100, loss="0.1000")  # the last step always prints
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "adapter step: 0/100, loss -, 0m00s elapsed",
+        "adapter step: 20/100, loss 0.4000, 1m10s elapsed, about 4m40s left",
+        "adapter step: 100/100, loss 0.1000, 1m15s elapsed",
+    ]
+
+
+def test_a_signal_asks_training_to_stop_after_its_step_and_a_second_stops_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+    import signal
+
+    from ragkit.cli import _stop_after_step
+
+    before = signal.getsignal(signal.SIGTERM)
+    with _stop_after_step() as stop:
+        assert not stop.is_set()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.is_set()  # no exception: the step under way finishes
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert "stopping after the step under way" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before
