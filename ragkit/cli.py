@@ -658,9 +658,12 @@ def _plain_progress(name: str, every: float = 60.0) -> Callable[..., None]:
 
     start = time.monotonic()
     last = [start - every]
+    first: list[int] = []  # where this session started: a resumed run's earlier steps took no time here
 
     def update(done: int, total: int | None, **fields: Any) -> None:
         now = time.monotonic()
+        if not first:
+            first.append(done)
         if now - last[0] < every and done != total:
             return
         last[0] = now
@@ -668,8 +671,8 @@ def _plain_progress(name: str, every: float = 60.0) -> Callable[..., None]:
         line = f"{name}: {done}" + (f"/{total}" if total else "")
         line += "".join(f", {k} {v}" for k, v in fields.items())
         line += f", {_clock(elapsed)} elapsed"
-        if total and 0 < done < total and elapsed > 0:
-            line += f", about {_clock(elapsed / done * (total - done))} left"
+        if total and first[0] < done < total and elapsed > 0:
+            line += f", about {_clock(elapsed / (done - first[0]) * (total - done))} left"
         click.echo(line, err=True)
 
     return update

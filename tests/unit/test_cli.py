@@ -324,6 +324,12 @@ def test_long_commands_write_progress_lines_when_stderr_is_not_a_terminal(monkey
         "adapter step: 20/100, loss 0.4000, 1m10s elapsed, about 4m40s left",
         "adapter step: 100/100, loss 0.1000, 1m15s elapsed",
     ]
+    # a resumed run starts at its checkpoint's step: the time left comes from this session's steps only
+    update = _plain_progress("adapter step", every=60.0)
+    update(50, 100)
+    now[0] += 60
+    update(60, 100)
+    assert capsys.readouterr().err.splitlines()[-1] == "adapter step: 60/100, 1m00s elapsed, about 4m00s left"
 
 
 def test_a_signal_asks_training_to_stop_after_its_step_and_a_second_stops_at_once(capsys: pytest.CaptureFixture[str]) -> None:
