@@ -52,6 +52,9 @@ class GenerationStats:
     forced_tokens: int = 0
     """Steps where a decoding constraint ruled out the model's first choice (a sign the model was
     heading for a name the schema lacks)."""
+    ended_rows: int = 0
+    """Sequences a decoding constraint ended because the query was over: what the model wrote next
+    would have been cut from it (Cypher: a clause after the final ``RETURN``)."""
     batch_size: int = 1
     """Prompts decoded together in the batch this call was part of (see ``LocalLLM(max_batch=...)``);
     ``seconds`` is then the whole batch's time."""

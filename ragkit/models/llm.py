@@ -742,7 +742,7 @@ class LocalLLM(LLM):
         texts, scores, n_out = self._decode(out.sequences[:, n_in:].tolist(), trans, stop, speculation)
         stats = GenerationStats(tokens_in=n_in * num_return_sequences, tokens_out=n_out, seconds=seconds, cached_tokens=reused)
         if constraint is not None:
-            stats.forced_tokens = processor.forced
+            stats.forced_tokens, stats.ended_rows = processor.forced, processor.ended
         if counter is not None and streamer is not None:
             stats.speculation = speculation
             stats.draft_tokens = counter.drafted(n_in - reused)
@@ -800,7 +800,7 @@ class LocalLLM(LLM):
             texts, scores, n_out = self._decode(rows[a : a + width], trans[a : a + width] if trans is not None else None, req.stop)
             stats = GenerationStats(tokens_in=len(prompt_ids) * width, tokens_out=n_out, seconds=seconds, batch_size=len(batch))
             if procs[i] is not None:
-                stats.forced_tokens = procs[i].forced
+                stats.forced_tokens, stats.ended_rows = procs[i].forced, procs[i].ended
             if clock is not None and clock.times and n_out:
                 # every prompt of the batch gets its tokens at the batch's steps
                 stats.ttft = clock.times[0] - start

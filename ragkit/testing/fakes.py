@@ -72,6 +72,7 @@ class ScriptedLLM(LLM):
             ``responses``.
         seconds_per_token: a delay per reply word, to stand in for a slow model.
         forced_tokens: what constrained calls report as forced steps.
+        ended_rows: what constrained calls report as sequences the constraint ended.
 
     Example:
         >>> llm = ScriptedLLM(responses=["Paris."])
@@ -82,11 +83,18 @@ class ScriptedLLM(LLM):
     thread_safe: ClassVar[bool] = True  # rules reply the same whatever the order of calls; ``responses`` go in call order
 
     def __init__(
-        self, responses: list[str] | None = None, rules: dict[str, str] | None = None, seconds_per_token: float = 0.0, forced_tokens: int = 0
+        self,
+        responses: list[str] | None = None,
+        rules: dict[str, str] | None = None,
+        seconds_per_token: float = 0.0,
+        forced_tokens: int = 0,
+        ended_rows: int = 0,
     ) -> None:
         self.responses = list(responses or ["I don't know."])
         self.forced_tokens = forced_tokens
         """Reported as ``stats.forced_tokens`` of every constrained call (as if a constraint had overruled the model)."""
+        self.ended_rows = ended_rows
+        """Reported as ``stats.ended_rows`` of every constrained call (as if a constraint had ended a query)."""
         self.rules = dict(rules or {})
         self.seconds_per_token = seconds_per_token
         self.prompts: list[str] = []
@@ -149,7 +157,7 @@ class ScriptedLLM(LLM):
             texts.append("".join(pieces))
         stats = GenerationStats(tokens_in=self.count_tokens(text), tokens_out=n_out, ttft=first, seconds=time.perf_counter() - start)
         if constraint is not None:
-            stats.forced_tokens = self.forced_tokens
+            stats.forced_tokens, stats.ended_rows = self.forced_tokens, self.ended_rows
         record(stats)
         return Generation(texts=tuple(texts), scores=tuple(-0.1 * (i + 1) for i in range(len(texts))), stats=stats)
 

@@ -55,3 +55,22 @@ def test_query_generator_constrains_by_default(float32_llm: LocalLLM, schema) ->
     gen = SparqlQueryGenerator(llm=float32_llm, num_candidates=1, repair_rounds=0, max_new_tokens=64)
     out = gen.run(question="Which books did Ada Quill write? Use lib:writtenBy.", graph_schema=schema.graph_schema, schema_text=schema.text)
     assert unknown_sparql_terms(out.query, schema.graph_schema) == [], out.query
+
+
+def test_a_cypher_query_that_goes_on_after_its_final_return_is_ended_and_counted(float32_llm: LocalLLM) -> None:
+    """Examples that chain queries teach the model to write a MATCH after its RETURN; under the Cypher
+    constraint the sequence ends there (what follows would be cut), and the call reports it."""
+    from ragkit.stores.cypher import KgliteStore
+
+    cypher_schema = GraphSchemaReader(store=KgliteStore(path=str(GRAPH))).run(question="Which publishers are there?").graph_schema
+    constraint = TermConstraint.for_schema(cypher_schema)
+    chained = "MATCH (b:Book) RETURN b.title MATCH (a:Author) RETURN a.name MATCH (p:Publisher) RETURN p.name"
+    messages = [ChatMessage(role="system", content="You write Cypher. Reply with the query only.")]
+    for q in ["List the books.", "List the authors."]:
+        messages += [ChatMessage(role="user", content=q), ChatMessage(role="assistant", content=chained)]
+    messages.append(ChatMessage(role="user", content="List the publishers."))
+    free = float32_llm.generate(messages, max_new_tokens=60)
+    assert free.text.count("RETURN") > 1 and free.stats.ended_rows == 0  # the control: it goes on
+    ended = float32_llm.generate(messages, max_new_tokens=60, constraint=constraint)
+    assert ended.stats.ended_rows == 1
+    assert ended.text.count("RETURN") == 1 and ended.stats.tokens_out < free.stats.tokens_out

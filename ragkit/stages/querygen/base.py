@@ -166,11 +166,11 @@ class QueryGenerator(Stage):
         self._note_prompt(messages, schema_text)
         constraint = TermConstraint.for_schema(graph_schema) if self.constrained else None
         seen = {" ".join(c.query.split()) for c in candidates}
-        forced = self._collect(messages, 1, graph_schema, candidates, seen, "greedy", constraint)
+        forced, ended = self._collect(messages, 1, graph_schema, candidates, seen, "greedy", constraint)
         # Beams when the greedy query fails, and also when the constraint had to overrule the
         # model on it: a query forced into the schema runs, but the model was unsure of it.
         if (forced or not any(c.good for c in candidates)) and self.num_candidates > 1:
-            self._collect(messages, self.num_candidates, graph_schema, candidates, seen, "beam", constraint)
+            ended += self._collect(messages, self.num_candidates, graph_schema, candidates, seen, "beam", constraint)[1]
         repairs = 0
         while repairs < self.repair_rounds and not any(c.good for c in candidates):
             best = self._rank(candidates)[0] if candidates else QueryCandidate(query="", error="no query")
@@ -180,7 +180,7 @@ class QueryGenerator(Stage):
                 ChatMessage(role="assistant", content=best.query or "(no query)"),
                 ChatMessage(role="user", content=f"That query is wrong: {problem}. Write the corrected {self.language.upper()} query."),
             ]
-            self._collect(messages, 1, graph_schema, candidates, seen, "repair", constraint)
+            ended += self._collect(messages, 1, graph_schema, candidates, seen, "repair", constraint)[1]
             repairs += 1
         if not candidates:
             candidates.append(QueryCandidate(query="", score=0.0, error="the model wrote no query"))
@@ -193,6 +193,7 @@ class QueryGenerator(Stage):
             rec.note("repairs", repairs)
             rec.note("constrained", constraint is not None and self.llm.constrains_decoding)
             rec.note("forced_tokens", forced)
+            rec.note("ended_early", ended)
         generated = GeneratedQuery(language=self.language, query=ranked[0].query, candidates=ranked)
         return QueryGenOutput(generated=generated, query=generated.query)
 
@@ -248,9 +249,10 @@ class QueryGenerator(Stage):
         seen: set[str],
         origin: str,
         constraint: TermConstraint | None = None,
-    ) -> int:
+    ) -> tuple[int, int]:
         """Generate ``n`` candidates, check and (with a store) execute them into ``out``; returns
-        the steps where the constraint overruled the model's first choice."""
+        the steps where the constraint overruled the model's first choice (greedy only: see
+        ``forced_tokens``), and the sequences it ended because the query was over."""
         gen = self.llm.generate(messages, max_new_tokens=self.max_new_tokens, num_return_sequences=n, constraint=constraint)
         scores = list(gen.scores) + [0.0] * (len(gen.texts) - len(gen.scores))
         for text, score in zip(gen.texts, scores):
@@ -264,7 +266,7 @@ class QueryGenerator(Stage):
             if error is None and self.store is not None:
                 rows, error = self._execute(query)
             out.append(QueryCandidate(query=query, score=score, error=error, rows=rows, origin=origin))
-        return gen.stats.forced_tokens
+        return gen.stats.forced_tokens, gen.stats.ended_rows
 
 
 def unknown_terms_message(bad: list[str], known: dict[str, list[str]]) -> str:

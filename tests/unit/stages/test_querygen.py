@@ -527,3 +527,12 @@ def test_a_pipeline_falls_back_from_one_generator_to_another(first: str, second:
     assert notes["fallback"] is fallback and notes.get("fallback_chosen") is chosen
     assert len(pipe.resources["llm"].prompts) == int(fallback)  # type: ignore[attr-defined]
     assert Pipeline.from_dict(pipe.to_dict()) == pipe
+
+
+def test_the_trace_counts_the_sequences_the_constraint_ended_over_every_call() -> None:
+    spec = sparql_spec(repair_rounds=1)
+    spec["resources"]["llm"] = {"type": "scripted_llm", "responses": [BROKEN], "ended_rows": 1}  # one per call
+    pipe = Pipeline.from_dict(spec)
+    notes = pipe.run(question=QUESTION).trace.stage("querygen").extra
+    assert len(pipe.resources["llm"].prompts) == 3  # type: ignore[attr-defined]  # greedy, beams, repair
+    assert notes["ended_early"] == 3 and notes["forced_tokens"] == 0
