@@ -157,9 +157,10 @@ class QueryGenerator(Stage):
         inherited = {id(c) for c in candidates}
         rec = current_recorder()
         if previous is not None:
+            passed_on = bool(candidates) and candidates[0].good  # ranked: a good one comes first
             if rec is not None:
-                rec.note("fallback", not any(c.good for c in candidates))
-            if any(c.good for c in candidates):
+                rec.note("fallback", not passed_on)
+            if passed_on:
                 generated = GeneratedQuery(language=self.language, query=candidates[0].query, candidates=candidates)
                 return QueryGenOutput(generated=generated, query=generated.query)
         messages = self.messages(question, schema_text, examples or [], entities)
