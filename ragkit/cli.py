@@ -563,6 +563,11 @@ def _print_tokenomics(reports: list[dict[str, Any]]) -> None:
     is_flag=True,
     help="Train also on pairs whose query fails the query generator's checks against its schema (left out by default).",
 )
+@click.option(
+    "--init-adapter",
+    type=click.Path(file_okay=False, path_type=str),
+    help="Go on training this adapter (its rank, alpha and modules) instead of a new one, e.g. a general adapter on a graph's own --bank.",
+)
 @click.option("--save-every", default=50, show_default=True, type=int, help="Checkpoint every N steps.")
 @click.option("--resume/--no-resume", default=True, help="Continue from OUTPUT/checkpoint when it is of the same run.")
 @_guard

@@ -99,6 +99,7 @@ class FinetuneOptions:
     schemas: str | None = None
     graph: str | None = None
     instructions: str | None = None
+    init_adapter: str | None = None
     resume: bool = True
 
     def check(self) -> None:
@@ -115,6 +116,27 @@ class FinetuneOptions:
             raise UserError("--examples must be 0 or more")
         if self.mixed_precision not in ("none", "bf16"):
             raise UserError(f"unknown --mixed-precision {self.mixed_precision!r} (use none or bf16)")
+        if self.init_adapter is not None:
+            _check_init_adapter(self.init_adapter, self.language)
+
+
+def _check_init_adapter(folder: str, language: str) -> dict[str, Any]:
+    """The metadata of the adapter ``--init-adapter`` names, after checking it can seed this run."""
+    from ragkit.errors import ModelError
+    from ragkit.models.adapters import is_fold_set, read_adapter_meta
+
+    p = Path(folder).expanduser()
+    if not p.is_dir():
+        raise UserError(f"--init-adapter {folder} is not a folder (name an adapter folder that `ragkit finetune` wrote)")
+    if is_fold_set(p):
+        raise UserError(f"--init-adapter {folder} is a fold set: name one adapter (a fold-<i> folder, or an adapter trained without --folds)")
+    try:
+        meta = read_adapter_meta(p) or {}
+    except ModelError as e:
+        raise UserError(str(e)) from None
+    if meta.get("language") and meta["language"] != language:
+        raise UserError(f"--init-adapter {folder} writes {meta['language']}, but this run trains {language}: start from an adapter of the same language")
+    return meta
 
 
 class _TokenizerLLM(LocalLLM):
@@ -312,20 +334,25 @@ def train_adapter(
     device, dtype = choose_device(opts.device, "float32" if opts.device in ("auto", "cpu") else "auto")
     base = resolve_model_path(opts.model)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype)).to(device)
-    config = LoraConfig(
-        task_type="CAUSAL_LM",
-        r=opts.rank,
-        lora_alpha=opts.alpha,
-        lora_dropout=opts.dropout,
-        target_modules=opts.target_modules if opts.target_modules == "all-linear" else opts.target_modules.split(","),
-    )
-    model = get_peft_model(model, config)
+    if opts.init_adapter:  # go on training an adapter (its rank, alpha and modules), e.g. a general one on a graph's own bank
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(Path(opts.init_adapter).expanduser()), is_trainable=True)
+    else:
+        config = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=opts.rank,
+            lora_alpha=opts.alpha,
+            lora_dropout=opts.dropout,
+            target_modules=opts.target_modules if opts.target_modules == "all-linear" else opts.target_modules.split(","),
+        )
+        model = get_peft_model(model, config)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=opts.lr, weight_decay=0.0)
     per_epoch = math.ceil(len(seqs) / opts.batch_size)
     total = opts.max_steps or max(1, math.ceil(opts.epochs * per_epoch / opts.grad_accum))
     probe = seqs[: opts.probe]
-    run_key = _run_key({"meta": {k: meta[k] for k in ("base_model", "data", "options") if k in meta}, "ids": [s.id for s in seqs]})
+    run_key = _run_key({"meta": {k: meta[k] for k in ("base_model", "data", "options", "init_adapter") if k in meta}, "ids": [s.id for s in seqs]})
     ckpt = output / "checkpoint"
     step, losses, tokens, seconds = 0, [], 0, 0.0
     loss_before = None
@@ -488,11 +515,24 @@ def finetune(
         "language": opts.language,
         "base_model": {"name": opts.model or "smollm2", "fingerprint": model_fingerprint(tok_llm.path)},
         "data": [{"path": str(f), "sha256": file_sha256(f)} for f in train_files],
-        "options": {k: v for k, v in dataclasses.asdict(opts).items() if k not in ("output", "resume", "threads", "device")},
+        "options": _options_meta(opts),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if bank:
         base_meta["bank"] = {"path": str(bank), "sha256": file_sha256(bank), "items": len(bank_pairs)}
+    if opts.init_adapter:
+        init = Path(opts.init_adapter).expanduser()
+        want = (_check_init_adapter(opts.init_adapter, opts.language).get("base_model") or {}).get("fingerprint")
+        have = base_meta["base_model"]["fingerprint"]
+        if want and want != have:
+            raise UserError(
+                f"--init-adapter {opts.init_adapter} was trained for another base model (fingerprint {want}, this one is {have}): "
+                "start from an adapter of the same --model"
+            )
+        weights = next((init / f for f in ("adapter_model.safetensors", "adapter_model.bin") if (init / f).is_file()), None)
+        if weights is None:
+            raise UserError(f"--init-adapter {opts.init_adapter} has no adapter_model.safetensors: name a folder `ragkit finetune` wrote")
+        base_meta["init_adapter"] = {"path": str(init), "sha256": file_sha256(weights)}
     out = Path(opts.output)
     pad_id = int(tok.pad_token_id)
     build_opts: dict[str, Any] = {"examples": opts.examples, "max_length": opts.max_length, "drop_failing": not opts.keep_failing}
@@ -523,6 +563,13 @@ def finetune(
         index["folds"].append({"adapter": name, "held_out": meta["held_out_ids"], "dropped": fold.dropped})
     (out / FOLDS_META).write_text(json.dumps(index, indent=1), encoding="utf-8")
     return results
+
+
+def _options_meta(opts: FinetuneOptions) -> dict[str, Any]:
+    """The options an adapter records (and its checkpoint's run key hashes); an unset ``init_adapter``
+    is left out, so a run's key is the same as before the option existed and its checkpoint resumes."""
+    skip = ("output", "resume", "threads", "device") + (("init_adapter",) if opts.init_adapter is None else ())
+    return {k: v for k, v in dataclasses.asdict(opts).items() if k not in skip}
 
 
 def _build_line(stats: BuildStats, opts: FinetuneOptions) -> str:

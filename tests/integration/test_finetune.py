@@ -193,3 +193,30 @@ def test_a_stopped_run_saves_a_checkpoint_at_its_step_and_resumes_to_the_same_lo
     assert resumed["steps"] == 6 and resumed["losses"] == pytest.approx(whole["losses"], rel=1e-5)
     assert resumed["loss_after"] == pytest.approx(whole["loss_after"], rel=1e-5)
     assert not (out / "checkpoint").exists()
+
+
+def test_init_adapter_goes_on_from_the_adapters_weights_and_shape(tmp_path: Path) -> None:
+    """``init_adapter``: training starts from that adapter (its probe loss is where the first run ended),
+    keeps its rank whatever ``rank`` says, and records which adapter it started from."""
+    pytest.importorskip("peft")
+    from ragkit.finetune.data import encode
+    from ragkit.finetune.trainer import FinetuneOptions, train_adapter
+
+    base = tmp_path / "tiny"
+    _tiny_llama().save_pretrained(base)
+    seqs = [encode(str(i), "p", "t", lambda s, i=i: list(range(3 + i, 9 + 2 * i)) if s == "p" else list(range(40 + i, 46 + i))) for i in range(4)]
+
+    def options(out: Path, rank: int = 4, init_adapter: str | None = None) -> FinetuneOptions:
+        return FinetuneOptions(
+            language="sparql", output=str(out), model=str(base), device="cpu", max_steps=4, batch_size=2, grad_accum=1,
+            lr=5e-3, warmup=1, probe=4, rank=rank, alpha=2 * rank, dropout=0.0, save_every=100, init_adapter=init_adapter,
+        )  # fmt: skip
+
+    first = train_adapter(seqs, options(tmp_path / "first"), tmp_path / "first", {}, pad_id=0)
+    again = train_adapter(seqs, options(tmp_path / "again", rank=8, init_adapter=str(tmp_path / "first")), tmp_path / "again", {}, pad_id=0)
+    fresh = train_adapter(seqs, options(tmp_path / "fresh", rank=8), tmp_path / "fresh", {}, pad_id=0)
+    assert again["loss_before"] == pytest.approx(first["loss_after"], rel=1e-4)
+    assert fresh["loss_before"] != pytest.approx(first["loss_after"], rel=1e-2)  # a new adapter starts from the base model
+    assert again["loss_after"] < again["loss_before"]
+    assert json.loads((tmp_path / "again" / "adapter_config.json").read_text())["r"] == 4
+    assert json.loads((tmp_path / "fresh" / "adapter_config.json").read_text())["r"] == 8

@@ -285,10 +285,30 @@ def test_cli_finetune_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFi
         (["--train", str(FIXTURE), "--language", "sql"], "unknown query language"),
         (["--language", "sparql"], "nothing to train on"),
         (["--train", str(FIXTURE), "--language", "sparql", "--folds", "3"], "--folds needs --bank"),
+        (["--train", str(FIXTURE), "--language", "sparql", "--init-adapter", str(tmp_path / "none")], "is not a folder"),
+        (["--train", str(FIXTURE), "--language", "sparql", "--init-adapter", str(tmp_path / "set")], "is a fold set"),
+        (["--train", str(FIXTURE), "--language", "sparql", "--init-adapter", str(tmp_path / "plain")], "adapter_config.json"),
+        (["--train", str(FIXTURE), "--language", "sparql", "--init-adapter", str(tmp_path / "cypher")], "writes cypher"),
     ]
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / FOLDS_META).write_text(json.dumps({"folds": []}))
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "cypher").mkdir()
+    (tmp_path / "cypher" / "adapter_config.json").write_text("{}")
+    (tmp_path / "cypher" / ADAPTER_META).write_text(json.dumps({"language": "cypher"}))
     for args, message in cases:
         with pytest.raises(SystemExit) as e:
             main(["finetune", *args, "--output", str(tmp_path / "out")])
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
+
+
+def test_options_recorded_leave_out_an_unset_init_adapter() -> None:
+    """A run without ``--init-adapter`` records the options it did before the option existed, so the run
+    key of a checkpoint written then still matches and the run resumes."""
+    from ragkit.finetune.trainer import FinetuneOptions, _options_meta
+
+    plain = _options_meta(FinetuneOptions(language="sparql", output="out"))
+    assert "init_adapter" not in plain and "output" not in plain and plain["rank"] == 8
+    assert _options_meta(FinetuneOptions(language="sparql", output="out", init_adapter="a"))["init_adapter"] == "a"
