@@ -418,3 +418,44 @@ def test_concurrency_needs_thread_safe_components(runs: Runs, tmp_path: Path) ->
         evaluate_kgqa(write_pipeline(tmp_path, spec), runs.dataset, tmp_path / "preds.jsonl", concurrency=2)
     with pytest.raises(InputError, match="concurrency must be at least 1"):
         evaluate_kgqa(runs.pipeline, runs.dataset, tmp_path / "preds.jsonl", concurrency=0)
+
+
+def test_a_fold_set_answers_each_question_with_the_adapter_that_held_it_out(runs: Runs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local_llm whose adapter is a k-fold set: each question runs on a pipeline built with the fold
+    that held it out (never one that trained on it), one pipeline per graph and fold."""
+    from ragkit.errors import ModelError
+    from ragkit.models.adapters import FOLDS_META
+
+    folds = tmp_path / "set"
+    held = [["p1", "p4", "b1"], ["p2", "p3", "p5", "b2"]]
+    for i in range(2):
+        (folds / f"fold-{i}").mkdir(parents=True)
+        (folds / f"fold-{i}" / "adapter_config.json").write_text("{}")
+    (folds / FOLDS_META).write_text(json.dumps({"folds": [{"adapter": f"fold-{i}", "held_out": h} for i, h in enumerate(held)]}))
+    spec = pipeline_spec()
+    scripted = spec["resources"]["llm"]
+    spec["resources"]["llm"] = {"type": "local_llm", "adapter": str(folds)}
+    built: dict[int, dict[str, str]] = {}
+    answered_by: dict[str, str] = {}
+    real_build, real_run = kgqa._pipeline_for_graph, kgqa._run_one
+
+    def build(spec: dict[str, Any], graph_file: Path, bank_file: Path, source: str, adapters: dict[str, str] | None = None) -> Pipeline:
+        fake = json.loads(json.dumps(spec))
+        fake["resources"]["llm"] = scripted  # no model is loaded; which adapter it was given is what counts
+        pipe = real_build(fake, graph_file, bank_file, source)
+        built[id(pipe)] = dict(adapters or {})
+        return pipe
+
+    def run_one(pipe: Any, banks: Any, it: Any, *args: Any, **kw: Any) -> dict[str, Any]:
+        answered_by[it.id] = built[id(pipe)]["llm"]
+        return real_run(pipe, banks, it, *args, **kw)
+
+    monkeypatch.setattr(kgqa, "_pipeline_for_graph", build)
+    monkeypatch.setattr(kgqa, "_run_one", run_one)
+    rep = evaluate_kgqa(write_pipeline(tmp_path, spec), runs.dataset, tmp_path / "preds.jsonl")
+    assert rep.n == N
+    assert answered_by == {i: str(folds / f"fold-{f}") for f, ids in enumerate(held) for i in ids}
+    assert len(built) == 4  # (people, fold-0), (people, fold-1), (books, fold-0), (books, fold-1)
+    (folds / FOLDS_META).write_text(json.dumps({"folds": [{"adapter": "fold-0", "held_out": ["p1"]}]}))
+    with pytest.raises(ModelError, match="no fold of .* held out item 'p2'"):
+        evaluate_kgqa(write_pipeline(tmp_path, spec), runs.dataset, tmp_path / "other.jsonl")
