@@ -7,6 +7,7 @@
 #   bash benchmarks/finetune.sh train-fast-cypher   # the same recipe in Cypher, on text2cypher's other graphs
 #   bash benchmarks/finetune.sh train-long   # the train-fast recipe over every passing Spider train pair (~1,000 steps, hours; resumable)
 #   bash benchmarks/finetune.sh train-kfold-movies   # 5-fold on the movies graph's own bank, under the evaluation protocol (~1 h)
+#   bash benchmarks/finetune.sh train-kfold-spider   # the same on each Spider dev graph's own questions, from the train-fast adapter
 #   bash benchmarks/finetune.sh train        # the real training runs (hours on a CPU; use a quiet machine)
 #   bash benchmarks/finetune.sh eval         # retrieval alone / fine-tuning alone / both
 #
@@ -68,6 +69,14 @@ train-kfold-movies)
     --language cypher --examples 0 --max-length 768 --epochs 3 --batch-size 4 --grad-accum 2 --lr 6e-4 \
     --rank 16 --alpha 32 --mixed-precision bf16 --threads "$THREADS" --save-every 20 --output adapters/movies-cypher-5fold
   ;;
+train-kfold-spider)
+  # The k-fold recipe on Spider4SPARQL's dev graphs (each question's bank is its graph's other questions),
+  # going on from the adapter trained on other graphs (train-fast) rather than from a new one.
+  "$RAGKIT" finetune --bank "$DATA/spider4sparql/questions.jsonl" --graph "$DATA/spider4sparql/graphs" --folds 5 \
+    --language sparql --examples 0 --max-length 768 --epochs "$EPOCHS" --batch-size 4 --grad-accum 2 --lr 3e-4 \
+    --init-adapter adapters/spider4sparql-sparql-noex --mixed-precision bf16 --threads "$THREADS" --save-every 20 \
+    --output adapters/spider4sparql-sparql-5fold
+  ;;
 train)
   # SPARQL: with 2 retrieved examples in each prompt (for the RAG+FT pipeline) and without (FT alone).
   "$RAGKIT" finetune --train "$DATA/spider4sparql/train.jsonl" --language sparql --examples 2 \
@@ -90,7 +99,7 @@ eval)
     --report "$OUT/finetune_movies.json"
   ;;
 *)
-  echo "usage: $0 throughput|step-time|train-fast|train-fast-cypher|train-long|train-kfold-movies|train|eval" >&2
+  echo "usage: $0 throughput|step-time|train-fast|train-fast-cypher|train-long|train-kfold-movies|train-kfold-spider|train|eval" >&2
   exit 2
   ;;
 esac

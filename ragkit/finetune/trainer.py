@@ -566,10 +566,11 @@ def finetune(
 
 
 def _options_meta(opts: FinetuneOptions) -> dict[str, Any]:
-    """The options an adapter records (and its checkpoint's run key hashes); an unset ``init_adapter``
-    is left out, so a run's key is the same as before the option existed and its checkpoint resumes."""
+    """The options an adapter records (and its checkpoint's run key hashes), as JSON values; an unset
+    ``init_adapter`` is left out, so a run's key is the same as before the option existed and its
+    checkpoint resumes."""
     skip = ("output", "resume", "threads", "device") + (("init_adapter",) if opts.init_adapter is None else ())
-    return {k: v for k, v in dataclasses.asdict(opts).items() if k not in skip}
+    return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(opts).items() if k not in skip}  # the CLI gives paths
 
 
 def _build_line(stats: BuildStats, opts: FinetuneOptions) -> str:

@@ -304,7 +304,7 @@ def test_cli_finetune_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFi
         assert message in err and "Traceback" not in err
 
 
-def test_options_recorded_leave_out_an_unset_init_adapter() -> None:
+def test_options_recorded_are_json_and_leave_out_an_unset_init_adapter() -> None:
     """A run without ``--init-adapter`` records the options it did before the option existed, so the run
     key of a checkpoint written then still matches and the run resumes."""
     from ragkit.finetune.trainer import FinetuneOptions, _options_meta
@@ -312,3 +312,6 @@ def test_options_recorded_leave_out_an_unset_init_adapter() -> None:
     plain = _options_meta(FinetuneOptions(language="sparql", output="out"))
     assert "init_adapter" not in plain and "output" not in plain and plain["rank"] == 8
     assert _options_meta(FinetuneOptions(language="sparql", output="out", init_adapter="a"))["init_adapter"] == "a"
+    # `--graph` and `--schemas` arrive as paths: the adapter's metadata must still be written as JSON
+    given = _options_meta(FinetuneOptions(language="cypher", output="out", graph=Path("g/movies.cypher"), schemas=Path("s.jsonl")))  # type: ignore[arg-type]
+    assert json.loads(json.dumps(given))["graph"] == str(Path("g/movies.cypher"))
