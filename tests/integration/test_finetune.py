@@ -196,8 +196,8 @@ def test_a_stopped_run_saves_a_checkpoint_at_its_step_and_resumes_to_the_same_lo
 
 
 def test_init_adapter_goes_on_from_the_adapters_weights_and_shape(tmp_path: Path) -> None:
-    """``init_adapter``: training starts from that adapter (its probe loss is where the first run ended),
-    keeps its rank whatever ``rank`` says, and records which adapter it started from."""
+    """``init_adapter``: training starts from that adapter (its probe loss is where the first run ended)
+    and keeps its rank whatever ``rank`` says; without it, a new adapter starts from the base model."""
     pytest.importorskip("peft")
     from ragkit.finetune.data import encode
     from ragkit.finetune.trainer import FinetuneOptions, train_adapter
