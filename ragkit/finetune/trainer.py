@@ -328,6 +328,13 @@ def train_adapter(
         raise MissingDependencyError(e.name or "peft", "finetune", "ragkit finetune") from None
     if not seqs:
         raise InputError("no training sequence fits --max-length (raise it, or lower --examples)")
+    run_key = _run_key({"meta": {k: meta[k] for k in ("base_model", "data", "options", "init_adapter") if k in meta}, "ids": [s.id for s in seqs]})
+    done = _finished(output, run_key) if opts.resume else None
+    if done is not None:  # e.g. the folds an interrupted k-fold run had finished
+        logger.info("%s was already trained by this run: kept", output)
+        if progress is not None:
+            progress(done["steps"], done["steps"], done.get("final_loss"))
+        return done
     quiet_peft_noise()
     random.seed(opts.seed)
     torch.manual_seed(opts.seed)
@@ -352,7 +359,6 @@ def train_adapter(
     per_epoch = math.ceil(len(seqs) / opts.batch_size)
     total = opts.max_steps or max(1, math.ceil(opts.epochs * per_epoch / opts.grad_accum))
     probe = seqs[: opts.probe]
-    run_key = _run_key({"meta": {k: meta[k] for k in ("base_model", "data", "options", "init_adapter") if k in meta}, "ids": [s.id for s in seqs]})
     ckpt = output / "checkpoint"
     step, losses, tokens, seconds = 0, [], 0, 0.0
     loss_before = None
@@ -413,6 +419,7 @@ def train_adapter(
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output)
     meta.update(
+        run_key=run_key,
         steps=step,
         epochs_done=round(step * opts.grad_accum * opts.batch_size / len(seqs), 3),
         final_loss=losses[-1] if losses else None,
@@ -436,6 +443,18 @@ def train_adapter(
     (output / ADAPTER_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
     shutil.rmtree(ckpt, ignore_errors=True)
     return meta
+
+
+def _finished(output: Path, run_key: str) -> dict[str, Any] | None:
+    """The metadata of the adapter in ``output`` when this very run (same data, options, sequences) wrote it."""
+    path = output / ADAPTER_META
+    if not path.is_file() or not (output / "adapter_model.safetensors").is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("run_key") == run_key else None
 
 
 def _peak_rss_mb() -> float | None:

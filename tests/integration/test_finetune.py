@@ -193,6 +193,14 @@ def test_a_stopped_run_saves_a_checkpoint_at_its_step_and_resumes_to_the_same_lo
     assert resumed["steps"] == 6 and resumed["losses"] == pytest.approx(whole["losses"], rel=1e-5)
     assert resumed["loss_after"] == pytest.approx(whole["loss_after"], rel=1e-5)
     assert not (out / "checkpoint").exists()
+    # once finished, the same run again keeps the adapter (an interrupted k-fold run skips its finished folds)
+    weights = (out / "adapter_model.safetensors").stat().st_mtime_ns
+    steps: list[int] = []
+    again = train_adapter(seqs, options(out), out, {}, pad_id=0, progress=lambda step, total, loss: steps.append(step))
+    assert again == resumed and steps == [6] and (out / "adapter_model.safetensors").stat().st_mtime_ns == weights
+    other = options(out)
+    other.lr = 1e-3  # another run: trained afresh
+    assert train_adapter(seqs, other, out, {"options": {"lr": 1e-3}}, pad_id=0)["run_key"] != resumed["run_key"]
 
 
 def test_init_adapter_goes_on_from_the_adapters_weights_and_shape(tmp_path: Path) -> None:
