@@ -116,8 +116,6 @@ class FinetuneOptions:
             raise UserError("--examples must be 0 or more")
         if self.mixed_precision not in ("none", "bf16"):
             raise UserError(f"unknown --mixed-precision {self.mixed_precision!r} (use none or bf16)")
-        if self.init_adapter is not None:
-            _check_init_adapter(self.init_adapter, self.language)
 
 
 def _check_init_adapter(folder: str, language: str) -> dict[str, Any]:
@@ -497,6 +495,7 @@ def finetune(
         log: where to report what the data became.
     """
     opts.check()
+    init_meta = _check_init_adapter(opts.init_adapter, opts.language) if opts.init_adapter else None
     if not train_files and not bank:
         raise UserError("nothing to train on: give --train FILE (repeatable) and/or --bank FILE")
     if folds is not None and not bank:
@@ -539,9 +538,9 @@ def finetune(
     }
     if bank:
         base_meta["bank"] = {"path": str(bank), "sha256": file_sha256(bank), "items": len(bank_pairs)}
-    if opts.init_adapter:
+    if init_meta is not None:
         init = Path(opts.init_adapter).expanduser()
-        want = (_check_init_adapter(opts.init_adapter, opts.language).get("base_model") or {}).get("fingerprint")
+        want = (init_meta.get("base_model") or {}).get("fingerprint")
         have = base_meta["base_model"]["fingerprint"]
         if want and want != have:
             raise UserError(

@@ -184,8 +184,10 @@ def apply_adapter(model: Any, adapter: str | Path, base_path: str | Path, *, mer
 
 
 def quiet_peft_noise() -> None:
-    """Silence two messages that every adapter load or training run printed, neither about the user's
-    input: peft reading a deprecated transformers property, and huggingface_hub finding no model card
-    when an adapter is saved."""
+    """Silence messages that adapter loads and training runs printed, none about the user's input: peft
+    reading a deprecated transformers property; huggingface_hub finding no model card when an adapter is
+    saved; and peft, saving an adapter trained on from another machine's adapter (``--init-adapter``),
+    not finding the base model folder that adapter names (the base is checked by fingerprint instead)."""
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"Could not find a config file in .* will assume that the vocabulary was not modified", category=UserWarning)
     logging.getLogger("huggingface_hub.repocard").setLevel(logging.ERROR)
