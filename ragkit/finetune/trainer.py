@@ -118,8 +118,8 @@ class FinetuneOptions:
             raise UserError(f"unknown --mixed-precision {self.mixed_precision!r} (use none or bf16)")
 
 
-def _check_init_adapter(folder: str, language: str) -> dict[str, Any]:
-    """The metadata of the adapter ``--init-adapter`` names, after checking it can seed this run."""
+def _check_init_adapter(folder: str, language: str) -> tuple[dict[str, Any], Path]:
+    """The metadata and weights file of the adapter ``--init-adapter`` names, after checking it can seed this run."""
     from ragkit.errors import ModelError
     from ragkit.models.adapters import is_fold_set, read_adapter_meta
 
@@ -134,7 +134,10 @@ def _check_init_adapter(folder: str, language: str) -> dict[str, Any]:
         raise UserError(str(e)) from None
     if meta.get("language") and meta["language"] != language:
         raise UserError(f"--init-adapter {folder} writes {meta['language']}, but this run trains {language}: start from an adapter of the same language")
-    return meta
+    weights = next((p / f for f in ("adapter_model.safetensors", "adapter_model.bin") if (p / f).is_file()), None)
+    if weights is None:
+        raise UserError(f"--init-adapter {folder} has no adapter_model.safetensors: name a folder `ragkit finetune` wrote")
+    return meta, weights
 
 
 class _TokenizerLLM(LocalLLM):
@@ -495,7 +498,7 @@ def finetune(
         log: where to report what the data became.
     """
     opts.check()
-    init_meta = _check_init_adapter(opts.init_adapter, opts.language) if opts.init_adapter else None
+    init = _check_init_adapter(opts.init_adapter, opts.language) if opts.init_adapter else None
     if not train_files and not bank:
         raise UserError("nothing to train on: give --train FILE (repeatable) and/or --bank FILE")
     if folds is not None and not bank:
@@ -538,8 +541,8 @@ def finetune(
     }
     if bank:
         base_meta["bank"] = {"path": str(bank), "sha256": file_sha256(bank), "items": len(bank_pairs)}
-    if init_meta is not None:
-        init = Path(opts.init_adapter).expanduser()
+    if init is not None:
+        init_meta, weights = init
         want = (init_meta.get("base_model") or {}).get("fingerprint")
         have = base_meta["base_model"]["fingerprint"]
         if want and want != have:
@@ -547,10 +550,7 @@ def finetune(
                 f"--init-adapter {opts.init_adapter} was trained for another base model (fingerprint {want}, this one is {have}): "
                 "start from an adapter of the same --model"
             )
-        weights = next((init / f for f in ("adapter_model.safetensors", "adapter_model.bin") if (init / f).is_file()), None)
-        if weights is None:
-            raise UserError(f"--init-adapter {opts.init_adapter} has no adapter_model.safetensors: name a folder `ragkit finetune` wrote")
-        base_meta["init_adapter"] = {"path": str(init), "sha256": file_sha256(weights)}
+        base_meta["init_adapter"] = {"path": str(weights.parent), "sha256": file_sha256(weights)}
     out = Path(opts.output)
     pad_id = int(tok.pad_token_id)
     build_opts: dict[str, Any] = {"examples": opts.examples, "max_length": opts.max_length, "drop_failing": not opts.keep_failing}

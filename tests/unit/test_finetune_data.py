@@ -289,6 +289,7 @@ def test_cli_finetune_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFi
         (["--train", str(FIXTURE), "--language", "sparql", "--init-adapter", str(tmp_path / "set")], "is a fold set"),
         (["--train", str(FIXTURE), "--language", "sparql", "--init-adapter", str(tmp_path / "plain")], "adapter_config.json"),
         (["--train", str(FIXTURE), "--language", "sparql", "--init-adapter", str(tmp_path / "cypher")], "writes cypher"),
+        (["--train", str(FIXTURE), "--language", "cypher", "--init-adapter", str(tmp_path / "cypher")], "has no adapter_model.safetensors"),
     ]
     (tmp_path / "set").mkdir()
     (tmp_path / "set" / FOLDS_META).write_text(json.dumps({"folds": []}))
