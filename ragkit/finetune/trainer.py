@@ -356,6 +356,7 @@ def train_adapter(
         )
         model = get_peft_model(model, config)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    lora = model.peft_config["default"]  # with init_adapter, that adapter's shape, not --rank/--alpha
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=opts.lr, weight_decay=0.0)
     per_epoch = math.ceil(len(seqs) / opts.batch_size)
     total = opts.max_steps or max(1, math.ceil(opts.epochs * per_epoch / opts.grad_accum))
@@ -429,6 +430,7 @@ def train_adapter(
         loss_after=round(loss_after, 5),
         probe_ids=[s.id for s in probe],
         trainable_parameters=trainable,
+        lora={"rank": lora.r, "alpha": lora.lora_alpha, "target_modules": sorted(lora.target_modules) if isinstance(lora.target_modules, (set, list)) else lora.target_modules},
         throughput={
             "seconds": round(seconds, 2),
             "tokens": tokens,

@@ -228,3 +228,5 @@ def test_init_adapter_goes_on_from_the_adapters_weights_and_shape(tmp_path: Path
     assert again["loss_after"] < again["loss_before"]
     assert json.loads((tmp_path / "again" / "adapter_config.json").read_text())["r"] == 4
     assert json.loads((tmp_path / "fresh" / "adapter_config.json").read_text())["r"] == 8
+    assert (again["lora"]["rank"], again["lora"]["alpha"]) == (4, 8)  # the metadata records the shape trained, not the options
+    assert (fresh["lora"]["rank"], fresh["lora"]["alpha"]) == (8, 16)
