@@ -310,6 +310,10 @@ def stages(show_resources: bool, as_json: bool) -> None:
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N questions.")
 @click.option("--per-graph", type=click.IntRange(min=1), help="KGQA: only the first N questions of each graph (a stratified slice).")
 @click.option("--graphs", help="Comma-separated graph names to evaluate (KGQA).")
+@click.option(
+    "--ids", "ids_file", type=click.Path(dir_okay=False, path_type=Path),
+    help="KGQA: evaluate only these question ids: a file of ids, one a line, or a k-fold adapter set's ragkit_folds.json (what its finished folds held out).",
+)
 @click.option("--skip-answer", is_flag=True, help="KGQA: stop after the query's rows (no answer generation).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures as JSON here.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a self-contained HTML report with plots here.")
@@ -337,6 +341,7 @@ def eval_cmd(
     limit: int | None,
     per_graph: int | None,
     graphs: str | None,
+    ids_file: Path | None,
     skip_answer: bool,
     report_path: Path | None,
     html_path: Path | None,
@@ -360,15 +365,16 @@ def eval_cmd(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from ragkit.eval.kgqa import read_ids
     from ragkit.eval.runner import EvalSettings, dataset_kind, evaluate_pipeline
     from ragkit.tokenomics.costs import load_api_prices
 
     kind = dataset_kind(dataset)
     if len(pipeline_files) > 1 and predictions is not None and predictions.suffix == ".jsonl":
         raise UserError("with several pipelines, --predictions must be a folder")
-    if kind == "textqa" and (per_graph or graphs or skip_answer or engine != "local" or concurrency > 1):
+    if kind == "textqa" and (per_graph or graphs or ids_file or skip_answer or engine != "local" or concurrency > 1):
         raise UserError(
-            f"{dataset} is a text QA folder: --per-graph, --graphs, --skip-answer, --engine and --concurrency apply to KGQA folders only"
+            f"{dataset} is a text QA folder: --per-graph, --graphs, --ids, --skip-answer, --engine and --concurrency apply to KGQA folders only"
         )
     for pf in pipeline_files:
         if not pf.is_file():
@@ -377,6 +383,7 @@ def eval_cmd(
         limit=limit,
         per_graph=per_graph,
         graphs=graphs.split(",") if graphs else None,
+        ids=read_ids(ids_file) if ids_file else None,
         skip_answer=skip_answer,
         price_per_hour=price_per_hour,
         api_prices=load_api_prices(api_prices) if api_prices else None,

@@ -58,6 +58,62 @@ class KgqaItem:
     answers: list[list[Any]]
 
 
+def select_items(
+    items: list[KgqaItem],
+    *,
+    ids: Iterable[str] | None = None,
+    graphs: Iterable[str] | None = None,
+    per_graph: int | None = None,
+    limit: int | None = None,
+) -> list[KgqaItem]:
+    """The items an evaluation runs, in file order: those of ``ids`` and ``graphs``, then the first
+    ``per_graph`` of each graph, then the first ``limit``.
+
+    Raises:
+        InputError: an id of ``ids`` is not in ``items``.
+    """
+    if ids is not None:
+        wanted = set(ids)
+        unknown = sorted(wanted - {it.id for it in items})
+        if unknown:
+            more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
+            raise InputError(f"--ids names {unknown[0]!r}{more}, not in the dataset: list ids of its questions.jsonl")
+        items = [it for it in items if it.id in wanted]
+    if graphs:
+        keep = set(graphs)
+        items = [it for it in items if it.graph in keep]
+    if per_graph:
+        seen: Counter[str] = Counter()
+        kept = []
+        for it in items:
+            if seen[it.graph] < per_graph:
+                kept.append(it)
+                seen[it.graph] += 1
+        items = kept
+    return items[:limit] if limit else items
+
+
+def read_ids(path: str | Path) -> list[str]:
+    """Question ids from a text file, one a line (blank lines and ``#`` comments skipped), or from a
+    k-fold adapter set's ``ragkit_folds.json``: the ids its finished folds held out."""
+    from ragkit.models.adapters import FOLDS_META, read_fold_set
+
+    p = Path(path)
+    if p.name == FOLDS_META:
+        ids = [i for fold in read_fold_set(p.parent)["folds"] for i in fold.get("held_out", [])]
+        if not ids:
+            raise InputError(f"{p} has no finished fold yet: nothing it held out can be evaluated")
+        return ids
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise InputError(f"cannot read the ids file {p} ({e.strerror or e})") from None
+    ids = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not ids:
+        raise InputError(f"{p} lists no question id (write one id a line)")
+    return ids
+
+
 def load_kgqa(folder: str | Path) -> list[KgqaItem]:
     """Read ``questions.jsonl`` of a KGQA dataset folder, with errors that name the line."""
     path = Path(folder) / "questions.jsonl"
@@ -246,6 +302,7 @@ def evaluate_kgqa(
     limit: int | None = None,
     per_graph: int | None = None,
     graphs: list[str] | None = None,
+    ids: list[str] | None = None,
     skip_answer: bool = False,
     progress: Callable[[int, int], None] | None = None,
     engine: str | Engine = "local",
@@ -260,6 +317,8 @@ def evaluate_kgqa(
         limit: evaluate only the first ``limit`` questions (in file order, after ``graphs``).
         per_graph: evaluate only the first ``per_graph`` questions of each graph (a stratified slice).
         graphs: evaluate only these graphs.
+        ids: evaluate only these question ids (e.g. the items the finished folds of a k-fold
+            adapter set held out); every id must be in the dataset.
         skip_answer: run only the stages the ``rows`` output depends on (no answer generation).
         progress: called with (done, total) after each item.
         engine: ``local``, ``ray`` (items spread over a Ray cluster; same rows), or an
@@ -274,20 +333,9 @@ def evaluate_kgqa(
     predictions = Path(predictions)
     spec = Pipeline.from_yaml(pipeline_file).to_dict()
     all_items = load_kgqa(dataset)
-    items = all_items
-    if graphs:
-        items = [i for i in items if i.graph in graphs]
-    if per_graph:
-        seen: Counter[str] = Counter()
-        kept = []
-        for it in items:
-            if seen[it.graph] < per_graph:
-                kept.append(it)
-                seen[it.graph] += 1
-        items = kept
-    selected = items[:limit] if limit else items
+    selected = select_items(all_items, ids=ids, graphs=graphs, per_graph=per_graph, limit=limit)
     if not selected:
-        raise InputError("no questions selected (check --graphs / --limit)")
+        raise InputError("no questions selected (check --ids / --graphs / --limit)")
     by_graph: dict[str, list[KgqaItem]] = defaultdict(list)
     for it in all_items:
         by_graph[it.graph].append(it)

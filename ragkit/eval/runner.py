@@ -31,6 +31,8 @@ class EvalSettings:
     limit: int | None = None
     per_graph: int | None = None
     graphs: list[str] | None = None
+    ids: list[str] | None = None
+    """KGQA: only these question ids."""
     skip_answer: bool = False
     price_per_hour: float | None = None
     api_prices: dict[str, dict[str, float]] | None = None
@@ -86,6 +88,7 @@ def _kgqa(pipeline_file: Path, dataset: Path, predictions: Path, s: EvalSettings
         limit=s.limit,
         per_graph=s.per_graph,
         graphs=s.graphs,
+        ids=s.ids,
         skip_answer=s.skip_answer,
         progress=progress,
         engine=s.engine,
@@ -133,18 +136,9 @@ def _selected_ids(kind: str, dataset: Path, s: EvalSettings, predictions: Path) 
         from ragkit.eval.textqa import read_textqa
 
         return [it["id"] for it in read_textqa(dataset)][: s.limit]
-    from ragkit.eval.kgqa import load_kgqa
+    from ragkit.eval.kgqa import load_kgqa, select_items
 
-    items = [i for i in load_kgqa(dataset) if not s.graphs or i.graph in s.graphs]
-    if s.per_graph:
-        seen: dict[str, int] = {}
-        kept = []
-        for it in items:
-            if seen.get(it.graph, 0) < s.per_graph:
-                kept.append(it)
-                seen[it.graph] = seen.get(it.graph, 0) + 1
-        items = kept
-    return [i.id for i in (items[: s.limit] if s.limit else items)]
+    return [i.id for i in select_items(load_kgqa(dataset), ids=s.ids, graphs=s.graphs, per_graph=s.per_graph, limit=s.limit)]
 
 
 def evaluate_pipeline(

@@ -564,7 +564,8 @@ def finetune(
         results.append(train_adapter(seqs, opts, out, meta, pad_id, progress(out.name) if progress else None, stop))
         return results
     splits = make_folds(bank_pairs, folds, opts.seed)
-    index = {"bank": base_meta["bank"], "language": opts.language, "base_model": base_meta["base_model"], "folds": []}
+    # the index lists the folds finished so far: a stopped run's adapters can be evaluated on what they held out
+    index = {"bank": base_meta["bank"], "language": opts.language, "base_model": base_meta["base_model"], "fold_count": folds, "folds": []}
     for fold in splits:
         name = f"fold-{fold.index}"
         # examples come only from what this fold may see
@@ -581,7 +582,7 @@ def finetune(
         }
         results.append(train_adapter(seqs, opts, out / name, meta, pad_id, progress(name) if progress else None, stop))
         index["folds"].append({"adapter": name, "held_out": meta["held_out_ids"], "dropped": fold.dropped})
-    (out / FOLDS_META).write_text(json.dumps(index, indent=1), encoding="utf-8")
+        (out / FOLDS_META).write_text(json.dumps(index, indent=1), encoding="utf-8")
     return results
 
 

@@ -130,9 +130,17 @@ def fold_for_item(folder: str | Path, item_id: str) -> Path:
         ModelError: no fold held the item out: every adapter of the set may have seen it.
     """
     folder = Path(folder)
-    for fold in read_fold_set(folder)["folds"]:
+    index = read_fold_set(folder)
+    for fold in index["folds"]:
         if item_id in set(fold.get("held_out", [])):
             return folder / fold["adapter"]
+    planned = index.get("fold_count")
+    if isinstance(planned, int) and len(index["folds"]) < planned:
+        raise ModelError(
+            f"{folder} has {len(index['folds'])} of its {planned} folds trained, and none held out item {item_id!r}: "
+            "finish the training (rerun the same `ragkit finetune` command; finished folds are kept), or evaluate only "
+            f"the items the finished folds held out (`ragkit eval --ids FILE`, the `held_out` ids of {folder / FOLDS_META})"
+        )
     raise ModelError(
         f"no fold of {folder} held out item {item_id!r}: every adapter may have trained on it "
         "(evaluate only items of the bank the fold set was trained on)"

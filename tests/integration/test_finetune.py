@@ -230,3 +230,29 @@ def test_init_adapter_goes_on_from_the_adapters_weights_and_shape(tmp_path: Path
     assert json.loads((tmp_path / "fresh" / "adapter_config.json").read_text())["r"] == 8
     assert (again["lora"]["rank"], again["lora"]["alpha"]) == (4, 8)  # the metadata records the shape trained, not the options
     assert (fresh["lora"]["rank"], fresh["lora"]["alpha"]) == (8, 16)
+
+
+def test_a_k_fold_run_indexes_each_fold_as_it_finishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ragkit_folds.json`` lists the folds finished so far, so a run stopped in fold 1 leaves fold 0
+    usable (``ragkit eval --ids`` on what it held out), and ``fold_count`` says the set is incomplete."""
+    from ragkit.finetune import trainer
+    from ragkit.models.adapters import FOLDS_META, fold_for_item
+
+    def train(seqs: list, opts: trainer.FinetuneOptions, output: Path, meta: dict, pad_id: int, *a: object, **k: object) -> dict:
+        if meta["fold"] == 1:
+            raise trainer.TrainingStopped(output, 3, 10)
+        output.mkdir(parents=True)
+        return meta
+
+    monkeypatch.setattr(trainer, "train_adapter", train)
+    out = tmp_path / "set"
+    opts = trainer.FinetuneOptions(language="sparql", output=str(out), examples=0, max_length=512)
+    with pytest.raises(trainer.TrainingStopped):
+        trainer.finetune([], opts, bank=str(FIXTURE), folds=2)
+    index = json.loads((out / FOLDS_META).read_text())
+    assert index["fold_count"] == 2 and [f["adapter"] for f in index["folds"]] == ["fold-0"]
+    held = index["folds"][0]["held_out"]
+    assert held and fold_for_item(out, held[0]) == out / "fold-0"
+    other = next(p["id"] for p in map(json.loads, FIXTURE.read_text().splitlines()) if p["id"] not in held)
+    with pytest.raises(ModelError, match="has 1 of its 2 folds trained"):
+        fold_for_item(out, other)

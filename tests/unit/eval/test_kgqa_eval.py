@@ -336,6 +336,31 @@ def test_selection_options(runs: Runs, tmp_path: Path) -> None:
     assert [json.loads(line)["id"] for line in (tmp_path / "books.jsonl").read_text().splitlines()] == ["b1"]
     with pytest.raises(InputError, match="no questions selected"):
         evaluate_kgqa(runs.pipeline, runs.dataset, tmp_path / "none.jsonl", graphs=["nope"])
+    rep = evaluate_kgqa(runs.pipeline, runs.dataset, tmp_path / "ids.jsonl", ids=["b2", "p3", "p1"], skip_answer=True)
+    assert [json.loads(line)["id"] for line in (tmp_path / "ids.jsonl").read_text().splitlines()] == ["p1", "p3", "b2"]  # file order
+    assert rep.n == 3
+    assert [i.id for i in kgqa.select_items(kgqa.load_kgqa(runs.dataset), ids=["b2", "p3", "p1"], graphs=["people"], per_graph=1)] == ["p1"]
+    with pytest.raises(InputError, match="--ids names 'x1' and 1 more, not in the dataset"):
+        evaluate_kgqa(runs.pipeline, runs.dataset, tmp_path / "bad.jsonl", ids=["p1", "x2", "x1"])
+    assert not (tmp_path / "bad.jsonl").exists()  # refused before anything ran
+
+
+def test_read_ids(tmp_path: Path) -> None:
+    (tmp_path / "ids.txt").write_text("# held out by fold-0\np1\n\n  b2  \n")
+    assert kgqa.read_ids(tmp_path / "ids.txt") == ["p1", "b2"]
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    with pytest.raises(InputError, match="lists no question id"):
+        kgqa.read_ids(tmp_path / "empty.txt")
+    with pytest.raises(InputError, match="cannot read the ids file"):
+        kgqa.read_ids(tmp_path / "gone.txt")
+    # a fold set's index: what its finished folds held out
+    (tmp_path / "set").mkdir()
+    index = tmp_path / "set" / "ragkit_folds.json"
+    index.write_text(json.dumps({"fold_count": 3, "folds": [{"adapter": "fold-0", "held_out": ["p1", "b2"]}, {"adapter": "fold-1", "held_out": ["p3"]}]}))
+    assert kgqa.read_ids(index) == ["p1", "b2", "p3"]
+    index.write_text(json.dumps({"fold_count": 3, "folds": []}))
+    with pytest.raises(InputError, match="no finished fold yet"):
+        kgqa.read_ids(index)
 
 
 def test_a_remote_store_is_a_user_error(runs: Runs, tmp_path: Path) -> None:
@@ -459,3 +484,10 @@ def test_a_fold_set_answers_each_question_with_the_adapter_that_held_it_out(runs
     (folds / FOLDS_META).write_text(json.dumps({"folds": [{"adapter": "fold-0", "held_out": ["p1"]}]}))
     with pytest.raises(ModelError, match="no fold of .* held out item 'p2'"):
         evaluate_kgqa(write_pipeline(tmp_path, spec), runs.dataset, tmp_path / "other.jsonl")
+    # a run still training has written the folds it finished: their items can be evaluated with --ids
+    (folds / FOLDS_META).write_text(json.dumps({"fold_count": 2, "folds": [{"adapter": "fold-0", "held_out": held[0]}]}))
+    with pytest.raises(ModelError, match="has 1 of its 2 folds trained, and none held out item 'p2'.*--ids"):
+        evaluate_kgqa(write_pipeline(tmp_path, spec), runs.dataset, tmp_path / "partial.jsonl")
+    answered_by.clear()
+    rep = evaluate_kgqa(write_pipeline(tmp_path, spec), runs.dataset, tmp_path / "partial.jsonl", ids=held[0])
+    assert rep.n == 3 and answered_by == {i: str(folds / "fold-0") for i in held[0]}

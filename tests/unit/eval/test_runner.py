@@ -245,6 +245,7 @@ def test_eval_command_user_errors(tmp_path: Path) -> None:
     pf = text_pipeline(tmp_path)
     cases = [
         (["--per-graph", "2"], "apply to KGQA folders only"),
+        (["--ids", str(pf)], "apply to KGQA folders only"),
         (["--api-prices", str(pf)], "needs 'input' and 'output'"),
         (["--country", "France"], "not ISO 3166 alpha-3"),
     ]
@@ -256,6 +257,18 @@ def test_eval_command_user_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     out = ragkit("eval", str(pf), "--dataset", str(tmp_path / "empty"), cwd=tmp_path)
     assert out.returncode == 2 and "neither a text QA folder" in out.stderr
+
+
+def test_eval_command_ids_file(tmp_path: Path) -> None:
+    ds, pf = write_dataset(tmp_path / "ds"), write_pipeline(tmp_path, pipeline_spec())
+    (tmp_path / "ids.txt").write_text("p2\nb1\n")
+    out = ragkit("eval", str(pf), "--dataset", str(ds), "--ids", str(tmp_path / "ids.txt"), "--skip-answer", "--no-carbon",
+                 "--predictions", str(tmp_path / "p.jsonl"), cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert sorted(json.loads(line)["id"] for line in (tmp_path / "p.jsonl").read_text().splitlines()) == ["b1", "p2"]
+    (tmp_path / "ids.txt").write_text("p2\nnot-an-id\n")
+    out = ragkit("eval", str(pf), "--dataset", str(ds), "--ids", str(tmp_path / "ids.txt"), "--no-carbon", cwd=tmp_path)
+    assert out.returncode == 2 and "'not-an-id'" in out.stderr and "not in the dataset" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_eval_command_stops_on_sigterm_like_ctrl_c_and_resumes(tmp_path: Path) -> None:
