@@ -71,7 +71,10 @@ train-kfold-movies)
   ;;
 train-kfold-spider)
   # The k-fold recipe on Spider4SPARQL's dev graphs (each question's bank is its graph's other questions),
-  # going on from the adapter trained on other graphs (train-fast) rather than from a new one.
+  # going on from the adapter trained on other graphs (train-fast) rather than from a new one. Evaluate with
+  # FULL_DEV_PIPELINE=benchmarks/pipelines/ablations/sparql_finetuned_kfold.yaml SUFFIX=-kfold
+  # bash benchmarks/kgqa_ablations.sh full-dev; while folds are still training, on what the finished ones
+  # held out: IDS=adapters/spider4sparql-sparql-5fold/ragkit_folds.json in front of that command.
   "$RAGKIT" finetune --bank "$DATA/spider4sparql/questions.jsonl" --graph "$DATA/spider4sparql/graphs" --folds 5 \
     --language sparql --examples 0 --max-length 768 --epochs "$EPOCHS" --batch-size 4 --grad-accum 2 --lr 3e-4 \
     --init-adapter adapters/spider4sparql-sparql-noex --mixed-precision bf16 --threads "$THREADS" --save-every 20 \

@@ -7,7 +7,8 @@
 #   PER_GRAPH=0 bash benchmarks/kgqa_ablations.sh   # full dev sets (hours on a 2-core CPU)
 #   bash benchmarks/kgqa_ablations.sh spider|movies # one of the two tables
 #   bash benchmarks/kgqa_ablations.sh full-dev      # the full Spider4SPARQL dev set, fine-tuned greedy pipeline with the loop guard,
-#                                                   # CONCURRENCY questions at once (default 8), timed; SUFFIX names its outputs
+#                                                   # CONCURRENCY questions at once (default 8), timed; SUFFIX names its outputs;
+#                                                   # IDS=FILE evaluates only those ids (e.g. a k-fold set's ragkit_folds.json)
 #
 # The fine-tuned rows need the adapter: bash benchmarks/finetune.sh train-fast (or train).
 set -euo pipefail
@@ -26,7 +27,7 @@ mkdir -p "$OUT/predictions"
 what=${1:-all}
 if [ "$what" = "full-dev" ]; then
   start=$(date +%s)
-  "$RAGKIT" eval "${FULL_DEV_PIPELINE:-$A/sparql_finetuned_fast.yaml}" --dataset "$DATA/spider4sparql" --concurrency "$CONCURRENCY" \
+  "$RAGKIT" eval "${FULL_DEV_PIPELINE:-$A/sparql_finetuned_fast.yaml}" --dataset "$DATA/spider4sparql" --concurrency "$CONCURRENCY" ${IDS:+--ids "$IDS"} \
     --predictions "$OUT/predictions/spider4sparql-full$SUFFIX" --skip-answer --report "$OUT/kgqa_spider4sparql_full_dev$SUFFIX.json"
   echo "full Spider4SPARQL dev: $(( $(date +%s) - start )) s wall-clock (a resumed run counts only this part)"
   exit 0
