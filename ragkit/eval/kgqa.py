@@ -99,7 +99,7 @@ def read_ids(path: str | Path) -> list[str]:
     from ragkit.models.adapters import FOLDS_META, read_fold_set
 
     p = Path(path)
-    if p.name == FOLDS_META:
+    if p.name == FOLDS_META and p.is_file():
         ids = [i for fold in read_fold_set(p.parent)["folds"] for i in fold.get("held_out", [])]
         if not ids:
             raise InputError(f"{p} has no finished fold yet: nothing it held out can be evaluated")

@@ -582,7 +582,9 @@ def finetune(
         }
         results.append(train_adapter(seqs, opts, out / name, meta, pad_id, progress(name) if progress else None, stop))
         index["folds"].append({"adapter": name, "held_out": meta["held_out_ids"], "dropped": fold.dropped})
-        (out / FOLDS_META).write_text(json.dumps(index, indent=1), encoding="utf-8")
+        tmp = out / (FOLDS_META + ".tmp")
+        tmp.write_text(json.dumps(index, indent=1), encoding="utf-8")
+        tmp.replace(out / FOLDS_META)  # an evaluation reading it meanwhile sees the old index or the new one
     return results
 
 
