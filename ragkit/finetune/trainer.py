@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import inspect
 import json
@@ -337,6 +338,7 @@ def train_adapter(
             progress(done["steps"], done["steps"], done.get("final_loss"))
         return done
     quiet_peft_noise()
+    _reset_peak_rss()  # each adapter records its own peak, not the process's so far (a k-fold run trains several)
     random.seed(opts.seed)
     torch.manual_seed(opts.seed)
     device, dtype = choose_device(opts.device, "float32" if opts.device in ("auto", "cpu") else "auto")
@@ -460,7 +462,18 @@ def _finished(output: Path, run_key: str) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) and meta.get("run_key") == run_key else None
 
 
+def _reset_peak_rss() -> None:
+    """Start a new peak-RSS measurement (Linux: VmHWM; elsewhere the process's peak stays)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
+
+
 def _peak_rss_mb() -> float | None:
+    """Peak resident memory since the last :func:`_reset_peak_rss` (Linux), else since the process started."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
     try:
         import resource
 
@@ -581,6 +594,7 @@ def finetune(
             "build": _build_meta(stats),
         }
         results.append(train_adapter(seqs, opts, out / name, meta, pad_id, progress(name) if progress else None, stop))
+        gc.collect()  # the fold's model and optimizer, before the next fold loads its own
         index["folds"].append({"adapter": name, "held_out": meta["held_out_ids"], "dropped": fold.dropped})
         tmp = out / (FOLDS_META + ".tmp")
         tmp.write_text(json.dumps(index, indent=1), encoding="utf-8")

@@ -316,3 +316,16 @@ def test_options_recorded_are_json_and_leave_out_an_unset_init_adapter() -> None
     # `--graph` and `--schemas` arrive as paths: the adapter's metadata must still be written as JSON
     given = _options_meta(FinetuneOptions(language="cypher", output="out", graph=Path("g/movies.cypher"), schemas=Path("s.jsonl")))  # type: ignore[arg-type]
     assert json.loads(json.dumps(given))["graph"] == str(Path("g/movies.cypher"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux: the peak is reset through /proc/self/clear_refs")
+def test_each_adapter_records_its_own_peak_memory_not_the_process_peak() -> None:
+    """A k-fold run trains its folds in one process: a fold's peak must not include the folds before it."""
+    from ragkit.finetune.trainer import _peak_rss_mb, _reset_peak_rss
+
+    big = bytearray(300 * 1024 * 1024)  # written (zeroed), so resident
+    with_it = _peak_rss_mb()
+    del big
+    _reset_peak_rss()
+    after = _peak_rss_mb()
+    assert with_it is not None and after is not None and after < with_it - 200
