@@ -9,6 +9,9 @@
 #   bash benchmarks/kgqa_ablations.sh full-dev      # the full Spider4SPARQL dev set, fine-tuned greedy pipeline with the loop guard,
 #                                                   # CONCURRENCY questions at once (default 8), timed; SUFFIX names its outputs;
 #                                                   # IDS=FILE evaluates only those ids (e.g. a k-fold set's ragkit_folds.json)
+#   bash benchmarks/kgqa_ablations.sh vote          # the fine-tuned pipeline's first good query against the query chosen by vote,
+#                                                   # on the same questions: IDS=FILE, else the first PER_GRAPH of each graph;
+#                                                   # CONCURRENCY (default 1 here); NAME names the outputs (default vote)
 #
 # The fine-tuned rows need the adapter: bash benchmarks/finetune.sh train-fast (or train).
 set -euo pipefail
@@ -18,6 +21,7 @@ DATA=${DATA:-../shared/data}
 PER_GRAPH=${PER_GRAPH:-3}
 MOVIES_LIMIT=${MOVIES_LIMIT:-24}
 # full-dev: questions of a graph run at once, their queries decoded in batches (1: one at a time)
+CONCURRENCY_VOTE=${CONCURRENCY:-1}  # vote: one at a time unless CONCURRENCY is given
 CONCURRENCY=${CONCURRENCY:-8}
 SUFFIX=${SUFFIX:-}
 OUT=benchmarks/results
@@ -30,6 +34,15 @@ if [ "$what" = "full-dev" ]; then
   "$RAGKIT" eval "${FULL_DEV_PIPELINE:-$A/sparql_finetuned_fast.yaml}" --dataset "$DATA/spider4sparql" --concurrency "$CONCURRENCY" ${IDS:+--ids "$IDS"} \
     --predictions "$OUT/predictions/spider4sparql-full$SUFFIX" --skip-answer --report "$OUT/kgqa_spider4sparql_full_dev$SUFFIX.json"
   echo "full Spider4SPARQL dev: $(( $(date +%s) - start )) s wall-clock (a resumed run counts only this part)"
+  exit 0
+fi
+
+if [ "$what" = "vote" ]; then
+  name=${NAME:-vote}
+  sel=(--per-graph "$PER_GRAPH"); [ -n "${IDS:-}" ] && sel=(--ids "$IDS")
+  "$RAGKIT" eval "$A/sparql_finetuned_vote.yaml" pipelines/kgqa_sparql_finetuned.yaml --dataset "$DATA/spider4sparql" "${sel[@]}" \
+    --concurrency "$CONCURRENCY_VOTE" --skip-answer --predictions "$OUT/predictions/spider4sparql-$name" \
+    --report "$OUT/kgqa_spider4sparql_${name//-/_}.json"
   exit 0
 fi
 

@@ -14,21 +14,30 @@ Candidates are made lazily, cheapest first:
 3. otherwise up to ``repair_rounds`` rounds that show the model its best attempt with the typed
    error (or "returned no rows") and ask for a correction: a bounded loop inside the stage.
 
+With ``selection="vote"`` (execution-guided self-consistency) the greedy query and the beams are
+always made, and the good candidates are ranked by how many other candidates returned the same rows
+(column and row order ignored), then by likelihood: an answer several distinct queries agree on is
+preferred to a likelier query that stands alone. It needs a ``store``, and costs the beams on every
+question.
+
 With ``constrained`` (the default) every one of them is decoded under a
 :class:`~ragkit.query.constrain.TermConstraint`: where the query names a class, property, label,
 relationship type or property key, the model can only spell one the graph's schema has.
 
 Given the ``previous`` input (another generator's output), a generator is a *fallback*: when one of
 the previous candidates is good it is passed on and nothing is generated; otherwise this generator's
-candidates are made as above and ranked together with the previous ones. Fine-tuned and few-shot
+candidates are made as above and ranked together with the previous ones (with ``selection="vote"``,
+this generator always generates, and the previous candidates vote with its own). Fine-tuned and few-shot
 prompting get different questions right, so a pipeline can try the adapter's query first and fall
 back to retrieved examples (``pipelines/kgqa_sparql_finetuned_fallback.yaml``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from typing import ClassVar
+from collections import Counter
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -43,7 +52,22 @@ from ragkit.stores.examples import QueryExample
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["QueryCandidate", "GeneratedQuery", "QueryGenOutput", "QueryGenerator", "unknown_terms_message"]
+__all__ = ["QueryCandidate", "GeneratedQuery", "QueryGenOutput", "QueryGenerator", "SELECTIONS", "rows_key", "unknown_terms_message"]
+
+SELECTIONS = ("first", "vote")
+"""How a generator picks its query: the first good candidate (made lazily), or the answer most candidates agree on."""
+
+_EXECUTE_ROWS = 50
+"""Rows a generator fetches when it executes a candidate: enough to compare two candidates' answers."""
+
+
+def rows_key(rows: Any) -> tuple[tuple[str, ...], ...]:
+    """The rows as a comparable value: row order and column order ignored, duplicates kept."""
+    return tuple(sorted(tuple(sorted(str(x) for x in r)) for r in rows))
+
+
+def _digest(rows: Any) -> str:
+    return hashlib.sha256(repr(rows_key(rows)).encode()).hexdigest()[:16]
 
 
 class QueryCandidate(BaseModel):
@@ -55,7 +79,11 @@ class QueryCandidate(BaseModel):
     """The model's mean log-probability per token (higher is more confident)."""
     error: str | None = None
     rows: int | None = None
-    """Rows it returned when the generator executed it (None when not executed)."""
+    """Rows it returned when the generator executed it (None when not executed; at most 50 are fetched)."""
+    answer: str | None = None
+    """A digest of those rows (row and column order ignored), to compare candidates' answers."""
+    votes: int | None = None
+    """With ``selection="vote"``: how many good candidates returned the same rows, itself included."""
     origin: str = "greedy"
     """How it was made: ``greedy``, ``beam`` or ``repair``."""
 
@@ -101,7 +129,12 @@ class QueryGenerator(Stage):
         repair_rounds: int = 1,
         instructions: str | None = None,
         constrained: bool = True,
+        selection: str = "first",
     ) -> None:
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, not {selection!r}")
+        if selection == "vote" and store is None:
+            raise ValueError("selection 'vote' compares the candidates' rows: give the generator a store")
         if num_candidates < 1:
             raise ValueError("num_candidates must be at least 1")
         if repair_rounds < 0:
@@ -115,6 +148,7 @@ class QueryGenerator(Stage):
         self.repair_rounds = repair_rounds
         self.instructions = instructions or self.default_instructions
         self.constrained = constrained
+        self.selection = selection
 
     # -- language-specific --------------------------------------------------------------------
     def postprocess(self, text: str, schema: GraphSchema) -> str:
@@ -156,8 +190,9 @@ class QueryGenerator(Stage):
         candidates = self._previous_candidates(previous)
         inherited = {id(c) for c in candidates}
         rec = current_recorder()
+        vote = self.selection == "vote"
         if previous is not None:
-            passed_on = bool(candidates) and candidates[0].good  # ranked: a good one comes first
+            passed_on = not vote and bool(candidates) and candidates[0].good  # ranked: a good one comes first
             if rec is not None:
                 rec.note("fallback", not passed_on)
             if passed_on:
@@ -169,8 +204,9 @@ class QueryGenerator(Stage):
         seen = {" ".join(c.query.split()) for c in candidates}
         forced, ended = self._collect(messages, 1, graph_schema, candidates, seen, "greedy", constraint)
         # Beams when the greedy query fails, and also when the constraint had to overrule the
-        # model on it: a query forced into the schema runs, but the model was unsure of it.
-        if (forced or not any(c.good for c in candidates)) and self.num_candidates > 1:
+        # model on it: a query forced into the schema runs, but the model was unsure of it. A vote
+        # always needs them.
+        if (vote or forced or not any(c.good for c in candidates)) and self.num_candidates > 1:
             ended += self._collect(messages, self.num_candidates, graph_schema, candidates, seen, "beam", constraint)[1]
         repairs = 0
         while repairs < self.repair_rounds and not any(c.good for c in candidates):
@@ -185,8 +221,10 @@ class QueryGenerator(Stage):
             repairs += 1
         if not candidates:
             candidates.append(QueryCandidate(query="", score=0.0, error="the model wrote no query"))
-        ranked = self._rank(candidates)
+        ranked = self._vote(candidates) if vote else self._rank(candidates)
         if rec is not None:
+            if vote:
+                rec.note("votes", ranked[0].votes or 0)
             if previous is not None:
                 rec.note("fallback_chosen", id(ranked[0]) not in inherited)
             rec.note("candidates", len(candidates))
@@ -207,21 +245,23 @@ class QueryGenerator(Stage):
             raise ConfigError(f"the {self.language} generator's 'previous' input is a {previous.language} query: connect a {self.language} generator to it")
         out = []
         for c in previous.candidates:
-            if c.error is None and c.rows is None and c.query and self.store is not None:
-                rows, error = self._execute(c.query)
-                c = c.model_copy(update={"rows": rows, "error": error})
+            unread = c.rows is None or (self.selection == "vote" and c.rows and c.answer is None)  # a vote needs its rows
+            if c.error is None and unread and c.query and self.store is not None:
+                rows, answer, error = self._execute(c.query)
+                c = c.model_copy(update={"rows": rows, "answer": answer, "error": error})
             out.append(c)
         return self._rank(out)
 
-    def _execute(self, query: str) -> tuple[int | None, str | None]:
-        """Rows the query returns (at most 5) and None, or None and why it failed."""
+    def _execute(self, query: str) -> tuple[int | None, str | None, str | None]:
+        """Rows the query returns (at most 50) and their digest, or None, None and why it failed."""
         assert self.store is not None
         try:
-            return len(self.store.query(query, limit=5).rows), None
+            rows = self.store.query(query, limit=_EXECUTE_ROWS).rows
         except StoreUnavailableError:
             raise  # the store is down, not the query wrong: repairing it would not help
         except (QueryError, StoreError) as e:
-            return None, f"{type(e).__name__}: {e}"
+            return None, None, f"{type(e).__name__}: {e}"
+        return len(rows), (_digest(rows) if rows else None), None
 
     def _note_prompt(self, messages: list[ChatMessage], schema_text: str) -> None:
         """Record what the prompt is made of, so reports can show the tokens spent on schema and
@@ -240,6 +280,14 @@ class QueryGenerator(Stage):
     def _rank(candidates: list[QueryCandidate]) -> list[QueryCandidate]:
         # good (valid and non-empty) first, then valid, then by likelihood; stable for ties
         return sorted(candidates, key=lambda c: (not c.good, c.error is not None, -c.score))
+
+    @staticmethod
+    def _vote(candidates: list[QueryCandidate]) -> list[QueryCandidate]:
+        """Good candidates first, those whose rows most good candidates share before the others,
+        then by likelihood; each good candidate gets its ``votes``."""
+        counts = Counter(c.answer for c in candidates if c.good and c.answer is not None)
+        voted = [c.model_copy(update={"votes": counts[c.answer] if c.good and c.answer is not None else 0}) for c in candidates]
+        return sorted(voted, key=lambda c: (not c.good, c.error is not None, -(c.votes or 0), -c.score))
 
     def _collect(
         self,
@@ -263,10 +311,10 @@ class QueryGenerator(Stage):
                 continue
             seen.add(key)
             error = self.check(query, schema)
-            rows = None
+            rows = answer = None
             if error is None and self.store is not None:
-                rows, error = self._execute(query)
-            out.append(QueryCandidate(query=query, score=score, error=error, rows=rows, origin=origin))
+                rows, answer, error = self._execute(query)
+            out.append(QueryCandidate(query=query, score=score, error=error, rows=rows, answer=answer, origin=origin))
         return gen.stats.forced_tokens, gen.stats.ended_rows
 
 

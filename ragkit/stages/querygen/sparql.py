@@ -50,14 +50,16 @@ class SparqlQueryGenerator(QueryGenerator):
 
     Args:
         llm: the language model resource.
-        store: optional graph store: candidates are executed (read-only, 5 rows) and one that
+        store: optional graph store: candidates are executed (read-only, 50 rows) and one that
             returns nothing counts as a failure, so more candidates or a repair follow.
-        num_candidates: beams tried when the greedy query fails.
+        num_candidates: beams tried when the greedy query fails (with ``selection: vote``, always).
         max_new_tokens: token limit for one query.
         repair_rounds: correction rounds when every candidate fails.
         instructions: the system instructions placed before the schema.
         constrained: decode under the schema's names (a logits processor over the model's
             tokenizer), so no candidate names a term the graph lacks; ``false`` for the ablation.
+        selection: ``first`` (the default): the first good candidate, made lazily; ``vote``: always
+            make the beams, and prefer the rows most good candidates agree on (needs a store).
     """
 
     language = "sparql"

@@ -22,7 +22,7 @@ from ragkit.core.component import register_stage
 from ragkit.core.metrics import current_recorder
 from ragkit.core.stage import Output, Stage
 from ragkit.errors import QueryError, StoreError, StoreUnavailableError
-from ragkit.stages.querygen.base import GeneratedQuery
+from ragkit.stages.querygen.base import GeneratedQuery, rows_key
 from ragkit.stores.base import GraphStore
 
 logger = logging.getLogger(__name__)
@@ -69,10 +69,6 @@ def _short(v: Any) -> str:
 def _has_values(rows: tuple[tuple[Any, ...], ...]) -> bool:
     """Rows with at least one bound value (a row of nulls, e.g. from an unbound variable, is no answer)."""
     return any(v is not None for r in rows for v in r)
-
-
-def _key(rows: tuple[tuple[Any, ...], ...]) -> tuple[tuple[str, ...], ...]:
-    return tuple(sorted(tuple(sorted(str(x) for x in r)) for r in rows))
 
 
 @register_stage("graph_query_retriever")
@@ -135,7 +131,7 @@ class GraphQueryRetriever(Stage):
             )
         nonempty = [(c, r) for c, r in results if _has_values(r.rows)]
         chosen, res = (nonempty or results)[0]
-        agree = sum(_key(r.rows) == _key(res.rows) for _, r in results) / len(results)
+        agree = sum(rows_key(r.rows) == rows_key(res.rows) for _, r in results) / len(results)
         base = 0.9 if _has_values(res.rows) else 0.25
         confidence = base * (0.6 + 0.4 * agree) if len(results) > 1 else base * 0.8
         return GraphContext(

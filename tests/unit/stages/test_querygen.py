@@ -73,6 +73,8 @@ def test_defaults() -> None:
         ({"num_candidates": 0}, "num_candidates must be at least 1"),
         ({"repair_rounds": -1}, "repair_rounds must be 0 or more"),
         ({"max_new_tokens": 7}, "max_new_tokens must be at least 8"),
+        ({"selection": "best"}, "selection must be one of first, vote, not 'best'"),
+        ({"selection": "vote"}, "selection 'vote' compares the candidates' rows: give the generator a store"),
     ],
 )
 @pytest.mark.parametrize("cls", [SparqlQueryGenerator, CypherQueryGenerator])
@@ -506,6 +508,59 @@ def test_a_previous_query_of_another_language_is_a_wiring_error(schema: Any) -> 
     prev = previous_of(QueryCandidate(query="MATCH (n) RETURN n"), language="cypher")
     with pytest.raises(ConfigError, match="connect a sparql generator"):
         generate(SparqlQueryGenerator(llm=ScriptedLLM()), schema, previous=prev)
+
+
+# ---- selection by vote ----------------------------------------------------------------------------
+OSLO_TOO = f'SELECT ?c WHERE {{ ?p <{TINY}label> "Bob" . ?p <{TINY}livesIn> ?c }}'  # Bob's city, as GOOD_BOB
+OSLO = [[f"{TINY}oslo"]]
+
+
+def test_a_vote_prefers_the_rows_distinct_queries_agree_on_over_the_likeliest_query(schema: Any) -> None:
+    # greedy: GOOD, Rome (-0.1); beams: GOOD again (-0.1, a duplicate: no second vote), GOOD_BOB (-0.2) and
+    # OSLO_TOO (-0.3), both Oslo
+    replies = [GOOD, GOOD, GOOD_BOB, OSLO_TOO]
+    store = TinyGraphStore(answers={OSLO_TOO: OSLO})
+    llm = ScriptedLLM(responses=replies)
+    out = generate(SparqlQueryGenerator(llm=llm, store=store, num_candidates=3, selection="vote"), schema)
+    assert len(llm.prompts) == 2  # the greedy query was good, and the beams were still made
+    assert [(c.query, c.votes) for c in out.generated.candidates] == [(GOOD_BOB, 2), (OSLO_TOO, 2), (GOOD, 1)]
+    assert out.query == GOOD_BOB
+    first = generate(SparqlQueryGenerator(llm=ScriptedLLM(responses=replies), store=TinyGraphStore(answers={OSLO_TOO: OSLO}), num_candidates=3), schema)
+    assert first.query == GOOD and len(first.generated.candidates) == 1 and first.generated.candidates[0].votes is None
+
+
+def test_a_vote_counts_only_candidates_with_rows(schema: Any) -> None:
+    # two empty queries agree on "nothing"; the one with rows wins
+    llm = ScriptedLLM(responses=[EMPTY, EMPTY2, GOOD])
+    out = generate(SparqlQueryGenerator(llm=llm, store=TinyGraphStore(), num_candidates=2, repair_rounds=0, selection="vote"), schema)
+    assert out.query == GOOD and [c.votes for c in out.generated.candidates] == [1, 0, 0]
+
+
+def test_candidates_that_agree_share_an_answer_digest(schema: Any) -> None:
+    store = TinyGraphStore(answers={OSLO_TOO: OSLO})
+    out = generate(SparqlQueryGenerator(llm=ScriptedLLM(responses=[GOOD, GOOD_BOB, OSLO_TOO]), store=store, num_candidates=2, selection="vote"), schema)
+    answers = {c.query: c.answer for c in out.generated.candidates}
+    assert answers[GOOD_BOB] == answers[OSLO_TOO] != answers[GOOD] and answers[GOOD] is not None
+
+
+def test_with_a_vote_a_previous_good_query_is_not_passed_on_but_votes(schema: Any) -> None:
+    store = TinyGraphStore(answers={OSLO_TOO: OSLO})
+    llm = ScriptedLLM(responses=[GOOD, OSLO_TOO])  # greedy Rome (-0.1), beam Oslo (-0.1)
+    prev = previous_of(QueryCandidate(query=GOOD_BOB, score=-0.05, rows=1))  # Oslo; executed without its rows kept
+    out = generate(SparqlQueryGenerator(llm=llm, store=store, num_candidates=2, selection="vote"), schema, previous=prev)
+    assert len(llm.prompts) == 2 and store.executed[0] == GOOD_BOB  # re-read to compare its rows
+    assert [(c.query, c.votes) for c in out.generated.candidates] == [(GOOD_BOB, 2), (OSLO_TOO, 2), (GOOD, 1)]
+
+
+def test_a_vote_pipeline_round_trips_and_records_the_winners_votes() -> None:
+    spec = sparql_spec(selection="vote")
+    spec["resources"]["llm"]["responses"] = [GOOD, GOOD_BOB, OSLO_TOO]
+    spec["resources"]["graph"]["answers"] = {OSLO_TOO: OSLO}
+    pipe = Pipeline.from_dict(spec)
+    assert Pipeline.from_dict(pipe.to_dict()) == pipe and pipe.to_dict()["stages"][1]["selection"] == "vote"
+    result = pipe.run(question=QUESTION)
+    assert result["query"] == GOOD_BOB and result["rows"] == OSLO
+    assert result.trace.stage("querygen").extra["votes"] == 2
 
 
 def fallback_spec(first: list[str], second: list[str]) -> dict[str, Any]:
