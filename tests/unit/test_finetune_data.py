@@ -320,12 +320,19 @@ def test_options_recorded_are_json_and_leave_out_an_unset_init_adapter() -> None
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux: the peak is reset through /proc/self/clear_refs")
 def test_each_adapter_records_its_own_peak_memory_not_the_process_peak() -> None:
-    """A k-fold run trains its folds in one process: a fold's peak must not include the folds before it."""
-    from ragkit.finetune.trainer import _peak_rss_mb, _reset_peak_rss
+    """A k-fold run trains its folds in one process: a fold's peak must not include the folds before it.
+    Measured in a fresh interpreter: a test worker's own memory (models other tests loaded) would hide it."""
+    import subprocess
+    import sys
 
-    big = bytearray(300 * 1024 * 1024)  # written (zeroed), so resident
-    with_it = _peak_rss_mb()
-    del big
-    _reset_peak_rss()
-    after = _peak_rss_mb()
-    assert with_it is not None and after is not None and after < with_it - 200
+    code = (
+        "from ragkit.finetune.trainer import _peak_rss_mb, _reset_peak_rss\n"
+        "big = bytearray(300 * 1024 * 1024)\n"  # written (zeroed), so resident
+        "with_it = _peak_rss_mb()\n"
+        "del big\n"
+        "_reset_peak_rss()\n"
+        "print(with_it, _peak_rss_mb())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    with_it, after = float(out[0]), float(out[1])
+    assert after < with_it - 200
