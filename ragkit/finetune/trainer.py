@@ -270,13 +270,18 @@ def sequence_loss(model: Any, seqs: Sequence[Encoded], pad_id: int, device: str 
     return total / max(count, 1)
 
 
-def _save_checkpoint(folder: Path, model: Any, optimizer: Any, state: dict[str, Any]) -> None:
+def _save_checkpoint(folder: Path, model: Any, optimizer: Any, state: dict[str, Any], meta: dict[str, Any], total: int) -> None:
+    """Write a checkpoint that resumes the run and is also an adapter a pipeline can name: its
+    ``ragkit_adapter.json`` is the run's metadata with ``checkpoint: true`` and the steps done so far."""
     import torch
     from safetensors.torch import save_file
 
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
+    step = state["step"]
+    partial = {**meta, "checkpoint": True, "steps": step, "total_steps": total, "final_loss": state["losses"][-1] if state["losses"] else None}
+    (tmp / ADAPTER_META).write_text(json.dumps(partial, indent=1), encoding="utf-8")
     sd = optimizer.state_dict()
     tensors = {f"{idx}/{k}": v.contiguous() for idx, st in sd["state"].items() for k, v in st.items()}
     save_file(tensors, str(tmp / "optimizer.safetensors"))
@@ -395,7 +400,7 @@ def train_adapter(
     while step < total:
         if stop is not None and stop.is_set():
             if step:
-                _save_checkpoint(ckpt, model, optimizer, {"run_key": run_key, "step": step, "losses": losses, "tokens": tokens, "seconds": seconds, "loss_before": loss_before})
+                _save_checkpoint(ckpt, model, optimizer, {"run_key": run_key, "step": step, "losses": losses, "tokens": tokens, "seconds": seconds, "loss_before": loss_before}, {**meta, "run_key": run_key}, total)
             raise TrainingStopped(output, step, total)
         t0 = time.perf_counter()
         lr = opts.lr * min(1.0, (step + 1) / max(1, opts.warmup)) * max(0.0, 1.0 - step / total) if total > opts.warmup else opts.lr
@@ -418,7 +423,7 @@ def train_adapter(
         if progress is not None:
             progress(step, total, step_loss)
         if step % opts.save_every == 0 and step < total:
-            _save_checkpoint(ckpt, model, optimizer, {"run_key": run_key, "step": step, "losses": losses, "tokens": tokens, "seconds": seconds, "loss_before": loss_before})
+            _save_checkpoint(ckpt, model, optimizer, {"run_key": run_key, "step": step, "losses": losses, "tokens": tokens, "seconds": seconds, "loss_before": loss_before}, {**meta, "run_key": run_key}, total)
     loss_after = sequence_loss(model, probe, pad_id, device)
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output)
@@ -459,7 +464,9 @@ def _finished(output: Path, run_key: str) -> dict[str, Any] | None:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    return meta if isinstance(meta, dict) and meta.get("run_key") == run_key else None
+    if not isinstance(meta, dict) or meta.get("checkpoint"):  # a checkpoint's copy is not a finished adapter
+        return None
+    return meta if meta.get("run_key") == run_key else None
 
 
 def _reset_peak_rss() -> None:

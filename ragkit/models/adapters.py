@@ -177,6 +177,8 @@ def apply_adapter(model: Any, adapter: str | Path, base_path: str | Path, *, mer
                 f"adapter {adapter} was trained for base model {name} (fingerprint {want}), but the model loaded from "
                 f"{base_path} has fingerprint {base_fp}: set the local_llm's 'model:' to the adapter's base model"
             )
+        if meta.get("checkpoint"):
+            logger.info("%s is the checkpoint of an unfinished run: step %s of %s", adapter, meta.get("steps"), meta.get("total_steps"))
     try:
         from peft import PeftModel
     except ImportError:

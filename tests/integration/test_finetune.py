@@ -189,6 +189,22 @@ def test_a_stopped_run_saves_a_checkpoint_at_its_step_and_resumes_to_the_same_lo
     assert e.value.step == 3 and not (out / "adapter_model.safetensors").exists()
     state = json.loads((out / "checkpoint" / "trainer_state.json").read_text())
     assert state["step"] == 3 and state["losses"] == whole["losses"][:3]
+    # the checkpoint is also an adapter a pipeline can name while the run is unfinished
+    from ragkit.models.adapters import apply_adapter, read_adapter_meta
+
+    partial = read_adapter_meta(out / "checkpoint")
+    assert partial is not None and partial["checkpoint"] is True
+    assert (partial["steps"], partial["total_steps"], partial["final_loss"]) == (3, 6, whole["losses"][2])
+    from transformers import AutoModelForCausalLM
+
+    loaded = apply_adapter(AutoModelForCausalLM.from_pretrained(base), out / "checkpoint", base, merge=False)
+    assert loaded.peft_config["default"].r == 4
+    import shutil
+
+    from ragkit.finetune import trainer
+
+    shutil.copytree(out / "checkpoint", tmp_path / "copy")  # a copy is not taken for the finished run
+    assert partial["run_key"] and trainer._finished(tmp_path / "copy", partial["run_key"]) is None
     resumed = train_adapter(seqs, options(out), out, {}, pad_id=0)
     assert resumed["steps"] == 6 and resumed["losses"] == pytest.approx(whole["losses"], rel=1e-5)
     assert resumed["loss_after"] == pytest.approx(whole["loss_after"], rel=1e-5)
