@@ -764,8 +764,16 @@ class LocalLLM(LLM):
         ids = [self._tok(r.text, add_special_tokens=False)["input_ids"] for r in batch]
         longest = max(len(x) for x in ids)
         pad = self._tok.pad_token_id if self._tok.pad_token_id is not None else self._eos_ids[0]
-        input_ids = torch.tensor([[pad] * (longest - len(x)) + x for x in ids], device=self._model.device)
-        mask = torch.tensor([[0] * (longest - len(x)) + [1] * len(x) for x in ids], device=self._model.device)
+        # Prompts of one pipeline share a long start (instructions + schema). The padding goes after that
+        # shared start rather than before it: positions count the mask, so the shared tokens have the
+        # same keys and values in every row, computed once (or taken from the prefix cache).
+        shared = _common_prefix(ids) if self.prefix_cache else 0
+        if shared < self._PREFIX_MIN:
+            shared = 0
+        rows_ids = [x[:shared] + [pad] * (longest - len(x)) + x[shared:] for x in ids]
+        rows_mask = [[1] * shared + [0] * (longest - len(x)) + [1] * (len(x) - shared) for x in ids]
+        input_ids = torch.tensor(rows_ids, device=self._model.device)
+        mask = torch.tensor(rows_mask, device=self._model.device)
         kwargs = self._kwargs(head, max(1, min(head.max_new_tokens, self.context_window - longest)))
         kwargs["pad_token_id"] = pad
         procs: list[Any] = [None] * len(batch)
@@ -785,10 +793,15 @@ class LocalLLM(LLM):
         if clock is not None:
             kwargs["streamer"] = clock
         start = time.perf_counter()
-        if width > 1:
-            shared = self._prefill(input_ids, mask, width)
-            if shared is not None:
-                kwargs["past_key_values"] = shared
+        cache = self._shared_prefix(ids[0][:shared], len(batch)) if shared else None
+        if cache is None:
+            shared = 0
+        if width > 1 or cache is not None:
+            prefilled = self._prefill(input_ids, mask, width, cache, shared)
+            if prefilled is not None:
+                kwargs["past_key_values"] = prefilled
+            else:
+                shared = 0
         with torch.inference_mode():
             out = self._model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
         seconds = time.perf_counter() - start
@@ -798,7 +811,7 @@ class LocalLLM(LLM):
         for i, (req, prompt_ids) in enumerate(zip(batch, ids)):
             a = i * width
             texts, scores, n_out = self._decode(rows[a : a + width], trans[a : a + width] if trans is not None else None, req.stop)
-            stats = GenerationStats(tokens_in=len(prompt_ids) * width, tokens_out=n_out, seconds=seconds, batch_size=len(batch))
+            stats = GenerationStats(tokens_in=len(prompt_ids) * width, tokens_out=n_out, seconds=seconds, batch_size=len(batch), cached_tokens=shared)
             if procs[i] is not None:
                 stats.forced_tokens, stats.ended_rows = procs[i].forced, procs[i].ended
             if clock is not None and clock.times and n_out:
@@ -810,6 +823,33 @@ class LocalLLM(LLM):
                 stats.ttft = seconds if n_out else None
             gens.append(Generation(texts=tuple(texts), scores=tuple(scores), stats=stats))
         return gens
+
+    def _shared_prefix(self, prefix: list[int], rows: int) -> Any:
+        """The key/value cache of ``prefix`` repeated for ``rows`` prompts: what the prefix cache holds
+        of it, the rest computed once (and stored for the next batch). None when this model's cache
+        cannot be built or repeated."""
+        import torch
+
+        try:
+            reused, cache = self._prefix_lookup(prefix + [prefix[-1]])  # the lookup leaves one token to compute
+            if cache is None:
+                from transformers import DynamicCache
+
+                cache, reused = DynamicCache(config=self._model.config), 0
+            if reused < len(prefix):
+                ids = torch.tensor([prefix], device=self._model.device)
+                with torch.inference_mode():
+                    self._model(
+                        input_ids=ids[:, reused:],
+                        position_ids=torch.arange(reused, len(prefix), device=self._model.device).unsqueeze(0),
+                        past_key_values=cache,
+                        use_cache=True,
+                    )
+                self._prefix_store(prefix, cache)
+            cache.batch_repeat_interleave(rows)
+        except (AttributeError, TypeError, ValueError, NotImplementedError, RuntimeError):
+            return None
+        return cache
 
     def _prefill(self, input_ids: Any, mask: Any, width: int, cache: Any = None, cached: int = 0) -> Any:
         """The key/value cache of every prompt token but the last, computed once per prompt and repeated
@@ -996,6 +1036,15 @@ def _stop_length(tok: Any, ids: list[int], stop: Sequence[str]) -> int | None:
         else:
             lo = mid + 1
     return lo
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    """How many leading tokens every sequence shares, leaving each at least one of its own."""
+    limit = min(len(x) for x in seqs) - 1
+    n = 0
+    while n < limit and all(x[n] == seqs[0][n] for x in seqs):
+        n += 1
+    return max(n, 0)
 
 
 def _truncate(cache: Any, length: int) -> None:

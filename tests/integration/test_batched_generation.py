@@ -53,6 +53,38 @@ def test_a_padded_batch_gives_what_each_prompt_gives_alone(float32_llm: LocalLLM
         assert g.scores == pytest.approx(a.scores, abs=1e-3)
 
 
+PREAMBLE = (
+    "You answer questions about a small library. The library keeps novels, poems and plays, each with its "
+    "author, its publisher and the year it came out. Answer in one short sentence."
+)
+QUESTIONS = ["Who wrote the play?", "Which year did the first novel come out, and who published it?", "Name a poem."]
+
+
+def test_prompts_that_share_a_start_compute_it_once_and_give_what_each_gives_alone(float32_llm: LocalLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The padding goes after the shared start (instructions, schema), whose keys and values are then
+    computed once for the batch and kept in the prefix cache for the next batch."""
+    from ragkit.models.llm import _common_prefix
+
+    texts = [float32_llm.render([ChatMessage(role="system", content=PREAMBLE), ChatMessage(role="user", content=q)]) for q in QUESTIONS]
+    ids = [float32_llm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    shared = _common_prefix(ids)
+    assert shared >= LocalLLM._PREFIX_MIN and len({len(x) for x in ids}) == len(ids)  # a shared start, and padding to place
+    alone = [float32_llm._generate_one(req(t)) for t in texts]
+    alone_beams = [float32_llm._generate_one(req(t, beams=2)) for t in texts[:2]]
+    monkeypatch.setattr(float32_llm, "prefix_cache", True)
+    monkeypatch.setattr(float32_llm, "_prefixes", [])
+    batch = float32_llm._generate_many([req(t) for t in texts])
+    assert [g.texts for g in batch] == [g.texts for g in alone]
+    for g, a, x in zip(batch, alone, ids):
+        assert g.scores == pytest.approx(a.scores, abs=1e-3)
+        assert g.stats.cached_tokens == shared and g.stats.tokens_in == len(x)
+    assert [k for k, _ in float32_llm._prefixes] == [ids[0][:shared]]  # kept for the next batch
+    again = float32_llm._generate_many([req(t) for t in texts])  # now from the prefix cache
+    assert [g.texts for g in again] == [g.texts for g in alone]
+    beams = float32_llm._generate_many([req(t, beams=2) for t in texts[:2]])
+    assert [g.texts for g in beams] == [g.texts for g in alone_beams]
+
+
 def test_a_row_ended_by_a_stop_string_counts_the_tokens_it_wrote(float32_llm: LocalLLM) -> None:
     stopped = [_Request(p, 32, (".",), 0.0, 1, None) for p in PROMPTS[:2]]
     alone = [float32_llm._generate_one(r) for r in stopped]
