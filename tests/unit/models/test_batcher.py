@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ragkit.models.llm import LocalLLM, _Batcher, _Request, looping
+from ragkit.models.llm import LocalLLM, _Batcher, _common_prefix, _Request, looping
 
 
 def request(text: str, max_new_tokens: int = 8, beams: int = 1, constraint: Any = None) -> _Request:
@@ -147,3 +147,10 @@ def test_a_batch_streams_each_row_to_its_own_listener_up_to_its_end() -> None:
     assert heard["a"] == ["h", "i"]  # nothing from the stop string on
     assert heard["c"] == ["h", "i"]  # ... nor after the end token
     assert len(clock.times) == 4 and clock.rows[1].done  # the failing listener was dropped, the batch went on
+
+
+def test_the_shared_start_of_a_batch_leaves_each_prompt_a_token_of_its_own() -> None:
+    assert _common_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert _common_prefix([[1, 2], [1, 2, 3]]) == 1  # the shorter prompt keeps its last token
+    assert _common_prefix([[7, 8, 9], [7, 8, 9]]) == 2
+    assert _common_prefix([[1, 2], [3, 4]]) == 0
