@@ -391,6 +391,10 @@ def train_adapter(
             epoch += 1
 
     stream = micro_batches()
+
+    def checkpoint() -> None:
+        state = {"run_key": run_key, "step": step, "losses": losses, "tokens": tokens, "seconds": seconds, "loss_before": loss_before}
+        _save_checkpoint(ckpt, model, optimizer, state, {**meta, "run_key": run_key}, total)
     # bf16: the forward's matrix products in bfloat16, the LoRA weights, optimizer and loss in float32
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if opts.mixed_precision == "bf16" else contextlib.nullcontext()
     for _ in range(step * opts.grad_accum):  # a resumed run continues where the data order was
@@ -400,7 +404,7 @@ def train_adapter(
     while step < total:
         if stop is not None and stop.is_set():
             if step:
-                _save_checkpoint(ckpt, model, optimizer, {"run_key": run_key, "step": step, "losses": losses, "tokens": tokens, "seconds": seconds, "loss_before": loss_before}, {**meta, "run_key": run_key}, total)
+                checkpoint()
             raise TrainingStopped(output, step, total)
         t0 = time.perf_counter()
         lr = opts.lr * min(1.0, (step + 1) / max(1, opts.warmup)) * max(0.0, 1.0 - step / total) if total > opts.warmup else opts.lr
@@ -423,7 +427,7 @@ def train_adapter(
         if progress is not None:
             progress(step, total, step_loss)
         if step % opts.save_every == 0 and step < total:
-            _save_checkpoint(ckpt, model, optimizer, {"run_key": run_key, "step": step, "losses": losses, "tokens": tokens, "seconds": seconds, "loss_before": loss_before}, {**meta, "run_key": run_key}, total)
+            checkpoint()
     loss_after = sequence_loss(model, probe, pad_id, device)
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output)

@@ -542,14 +542,16 @@ class LocalLLM(LLM):
     _PREFIX_MIN = 32
     _PREFIX_ENTRIES = 4
 
-    def _prefix_lookup(self, ids: list[int]) -> tuple[int, Any]:
+    def _prefix_lookup(self, ids: list[int], leave: int = 1) -> tuple[int, Any]:
+        """The longest cached prefix of ``ids`` (at most all but ``leave`` tokens, so a prompt has a token
+        left to compute) and a copy of its cache; (0, None) below ``_PREFIX_MIN`` tokens."""
         import copy
 
         best, best_len = None, 0
         with self._cache_lock:
             for key, cache in self._prefixes:
                 n = 0
-                limit = min(len(key), len(ids) - 1)  # at least one new token must be processed
+                limit = min(len(key), len(ids) - leave)
                 while n < limit and key[n] == ids[n]:
                     n += 1
                 if n > best_len:
@@ -831,7 +833,7 @@ class LocalLLM(LLM):
         import torch
 
         try:
-            reused, cache = self._prefix_lookup(prefix + [prefix[-1]])  # the lookup leaves one token to compute
+            reused, cache = self._prefix_lookup(prefix, leave=0)
             if cache is None:
                 from transformers import DynamicCache
 
@@ -1044,7 +1046,7 @@ def _common_prefix(seqs: list[list[int]]) -> int:
     n = 0
     while n < limit and all(x[n] == seqs[0][n] for x in seqs):
         n += 1
-    return max(n, 0)
+    return n
 
 
 def _truncate(cache: Any, length: int) -> None:
