@@ -3,6 +3,11 @@
 #
 #   bash benchmarks/finetune.sh throughput   # a short run: tokens/s and s/step, to size a full run
 #   bash benchmarks/finetune.sh step-time    # 3 steps of the train-fast recipe, float32 then bf16 autocast: s/step, peak RSS
+#   bash benchmarks/finetune.sh share-time   # 6 steps of the train-long recipe without, then with --share-prefix: s/step
+#
+# The recipes whose adapters the README's figures come from were run before --share-prefix existed: they
+# pass --no-share-prefix, so they batch as those runs did. train-long switched to it at step 523 when resumed
+# (the rest of that epoch's sequences in one-graph batches; ragkit_adapter.json records it under "batching").
 #   bash benchmarks/finetune.sh train-fast   # the adapter the README's figures use: 70 steps on 600 pairs (~35 min, 2 cores)
 #   bash benchmarks/finetune.sh train-fast-cypher   # the same recipe in Cypher, on text2cypher's other graphs
 #   bash benchmarks/finetune.sh train-long   # the train-fast recipe over every passing Spider train pair (~1,000 steps, hours; resumable)
@@ -38,12 +43,22 @@ step-time)
       --mixed-precision "$mp" --threads "$THREADS" --save-every 100 --no-resume --output "/tmp/ragkit-ft-step-time-$mp"
   done
   ;;
+share-time)
+  # A batch of one graph's sequences computes the prompts' shared start (instructions and schema) once.
+  for share in no-share-prefix share-prefix; do
+    "$RAGKIT" finetune --train "$DATA/spider4sparql/train.jsonl" --language sparql --examples 0 --max-length 768 \
+      --max-steps 6 --batch-size 4 --grad-accum 2 --lr 3e-4 --rank 16 --alpha 32 --mixed-precision bf16 \
+      --"$share" --threads "$THREADS" --save-every 100 --no-resume --output "/tmp/ragkit-ft-share-time-$share"
+    python3 -c "import json,sys; t=json.load(open(sys.argv[1]))['throughput']; print(sys.argv[2], t['seconds_per_step'], 's/step,', t['tokens_per_second'], 'tokens/s, peak RSS', t['peak_rss_mb'], 'MB')" \
+      "/tmp/ragkit-ft-share-time-$share/ragkit_adapter.json" "$share"
+  done
+  ;;
 train-fast)
   # SPARQL, no examples in the prompts (fine-tuning alone; kgqa_sparql_finetuned.yaml): 600 sampled
   # Spider train pairs, one pass, 8 sequences a step, a high LoRA learning rate for the short run.
   "$RAGKIT" finetune --train "$DATA/spider4sparql/train.jsonl" --language sparql --examples 0 --max-length 768 \
     --limit 600 --max-steps 70 --batch-size 4 --grad-accum 2 --lr 6e-4 --rank 16 --alpha 32 \
-    --threads "$THREADS" --save-every 10 --output adapters/spider4sparql-sparql-noex
+    --threads "$THREADS" --save-every 10 --no-share-prefix --output adapters/spider4sparql-sparql-noex
   ;;
 train-fast-cypher)
   # Cypher, no examples in the prompts (fine-tuning alone; kgqa_cypher_finetuned.yaml): 600 sampled
@@ -51,12 +66,13 @@ train-fast-cypher)
   # bf16 autocast: 2.2x faster than float32 on this CPU; its first 3 losses were within 5% of float32's.
   "$RAGKIT" finetune --train "$DATA/movies/train_other_graphs.jsonl" --language cypher --examples 0 --max-length 768 \
     --limit 600 --max-steps 70 --batch-size 4 --grad-accum 2 --lr 6e-4 --rank 16 --alpha 32 \
-    --mixed-precision bf16 --threads "$THREADS" --save-every 10 --output adapters/text2cypher-cypher-noex
+    --mixed-precision bf16 --threads "$THREADS" --save-every 10 --no-share-prefix --output adapters/text2cypher-cypher-noex
   ;;
 train-long)
   # The train-fast recipe (SPARQL, no examples in the prompt) over all of Spider train, once: the pairs
   # that pass the generator's checks (7,981 of 8,659), about 1,000 steps of 8 sequences; bf16 autocast.
-  # An interrupted run continues from its last checkpoint when the same command is run again.
+  # An interrupted run continues from its last checkpoint when the same command is run again. Steps 1 to
+  # 523 ran before --share-prefix existed; from there on its batches share prompt starts.
   "$RAGKIT" finetune --train "$DATA/spider4sparql/train.jsonl" --language sparql --examples 0 --max-length 768 \
     --epochs "$EPOCHS" --batch-size 4 --grad-accum 2 --lr 3e-4 --rank 16 --alpha 32 \
     --mixed-precision bf16 --threads "$THREADS" --save-every 20 --output adapters/spider4sparql-sparql-noex-long
@@ -75,7 +91,7 @@ train-kfold-movies)
   # of the fold that held it out (benchmarks/pipelines/ablations/cypher_finetuned_kfold.yaml).
   "$RAGKIT" finetune --bank "$DATA/movies/questions.jsonl" --graph "$DATA/movies/graphs" --folds 5 \
     --language cypher --examples 0 --max-length 768 --epochs 3 --batch-size 4 --grad-accum 2 --lr 6e-4 \
-    --rank 16 --alpha 32 --mixed-precision bf16 --threads "$THREADS" --save-every 20 --output adapters/movies-cypher-5fold
+    --rank 16 --alpha 32 --mixed-precision bf16 --threads "$THREADS" --save-every 20 --no-share-prefix --output adapters/movies-cypher-5fold
   ;;
 train-kfold-spider)
   # The k-fold recipe on Spider4SPARQL's dev graphs (each question's bank is its graph's other questions),
@@ -86,7 +102,7 @@ train-kfold-spider)
   "$RAGKIT" finetune --bank "$DATA/spider4sparql/questions.jsonl" --graph "$DATA/spider4sparql/graphs" --folds 5 \
     --language sparql --examples 0 --max-length 768 --epochs "$EPOCHS" --batch-size 4 --grad-accum 2 --lr 3e-4 \
     --init-adapter adapters/spider4sparql-sparql-noex --mixed-precision bf16 --threads "$THREADS" --save-every 20 \
-    --output adapters/spider4sparql-sparql-5fold
+    --no-share-prefix --output adapters/spider4sparql-sparql-5fold
   ;;
 train)
   # SPARQL: with 2 retrieved examples in each prompt (for the RAG+FT pipeline) and without (FT alone).

@@ -11,7 +11,8 @@
 #                                                   # IDS=FILE evaluates only those ids (e.g. a k-fold set's ragkit_folds.json)
 #   bash benchmarks/kgqa_ablations.sh vote          # the fine-tuned pipeline's first good query against the query chosen by vote,
 #                                                   # on the same questions: IDS=FILE, else the first PER_GRAPH of each graph;
-#                                                   # CONCURRENCY (default 1 here); NAME names the outputs (default vote)
+#                                                   # CONCURRENCY (default 1 here); NAME names the outputs (default vote);
+#                                                   # FIRST_PIPELINE / VOTE_PIPELINE replace the two pipelines (e.g. another adapter's)
 #
 # The fine-tuned rows need the adapter: bash benchmarks/finetune.sh train-fast (or train).
 set -euo pipefail
@@ -40,7 +41,7 @@ fi
 if [ "$what" = "vote" ]; then
   name=${NAME:-vote}
   sel=(--per-graph "$PER_GRAPH"); [ -n "${IDS:-}" ] && sel=(--ids "$IDS")
-  "$RAGKIT" eval "$A/sparql_finetuned_vote.yaml" pipelines/kgqa_sparql_finetuned.yaml --dataset "$DATA/spider4sparql" "${sel[@]}" \
+  "$RAGKIT" eval "${VOTE_PIPELINE:-$A/sparql_finetuned_vote.yaml}" "${FIRST_PIPELINE:-pipelines/kgqa_sparql_finetuned.yaml}" --dataset "$DATA/spider4sparql" "${sel[@]}" \
     --concurrency "$CONCURRENCY_VOTE" --skip-answer --predictions "$OUT/predictions/spider4sparql-$name" \
     --report "$OUT/kgqa_spider4sparql_${name//-/_}.json"
   exit 0

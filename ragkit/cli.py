@@ -575,6 +575,13 @@ def _print_tokenomics(reports: list[dict[str, Any]]) -> None:
     type=click.Path(file_okay=False, path_type=str),
     help="Go on training this adapter (its rank, alpha and modules) instead of a new one, e.g. a general adapter on a graph's own --bank.",
 )
+@click.option(
+    "--share-prefix/--no-share-prefix",
+    default=True,
+    show_default=True,
+    help="Batch sequences whose prompts start alike (one graph's schema) and compute that start once per batch. "
+    "Runs begun before this option trained without it: resume them with --no-share-prefix.",
+)
 @click.option("--save-every", default=50, show_default=True, type=int, help="Checkpoint every N steps.")
 @click.option("--resume/--no-resume", default=True, help="Continue from OUTPUT/checkpoint when it is of the same run.")
 @_guard

@@ -101,6 +101,9 @@ class FinetuneOptions:
     graph: str | None = None
     instructions: str | None = None
     init_adapter: str | None = None
+    share_prefix: bool = True
+    """Batch sequences whose prompts start alike (one graph's instructions and schema) and compute that
+    start once per batch (:func:`target_loss`). Runs from before the option trained without it."""
     resume: bool = True
 
     def check(self) -> None:
@@ -199,17 +202,83 @@ def _subsample(pairs: list[TrainPair], limit: int | None, seed: int) -> list[Tra
 
 
 # ---- training -------------------------------------------------------------------------------
-def _batches(seqs: Sequence[Encoded], batch_size: int, seed: int, epoch: int) -> list[list[Encoded]]:
-    """This epoch's batches: shuffled, then grouped by length within windows so padding stays small."""
+def _batches(seqs: Sequence[Encoded], batch_size: int, seed: int, epoch: int, share_prefix: bool = False) -> list[list[Encoded]]:
+    """This epoch's batches: shuffled, then grouped by length within windows so padding stays small.
+
+    With ``share_prefix``, sequences whose prompts share a start (those of one graph: instructions and
+    schema) are batched together, in a random order within each group, so :func:`target_loss` computes
+    that start once per batch; what is left of each group after its full batches is batched at the end."""
     order = list(seqs)
     random.Random(seed * 1000 + epoch).shuffle(order)
+    groups = [order]
+    if share_prefix:
+        groups, rest = [], []
+        for g in _prefix_groups(order, random.Random(seed * 1000 + epoch + 2)):
+            cut = len(g) - len(g) % batch_size
+            groups.append(g[:cut])
+            rest += g[cut:]
+        groups.append(rest)
     window = batch_size * 16
     batches = []
-    for i in range(0, len(order), window):
-        chunk = sorted(order[i : i + window], key=lambda e: len(e.input_ids))
-        batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
+    for group in groups:
+        for i in range(0, len(group), window):
+            chunk = sorted(group[i : i + window], key=lambda e: len(e.input_ids))
+            batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
     random.Random(seed * 1000 + epoch + 1).shuffle(batches)
     return batches
+
+
+def _micro_batches(seqs: Sequence[Encoded], batch_size: int, seed: int, batching: Sequence[Sequence[Any]]) -> Any:
+    """Every micro-batch of a run from its start, epoch after epoch. ``batching`` lists
+    ``[micro-batch, share_prefix]``: from that micro-batch on, batches are made with or without shared
+    prompt starts. A switch within an epoch batches the sequences the epoch has not used yet the new way,
+    so each epoch still uses every sequence once; a resumed run skips what it did and goes on identically."""
+    switches = [(int(at), bool(share)) for at, share in batching]
+    made, epoch, k = 0, 0, 0
+    while True:
+        batches = _batches(seqs, batch_size, seed, epoch, switches[k][1])
+        i = 0
+        while i < len(batches):
+            if k + 1 < len(switches) and made >= switches[k + 1][0]:
+                k += 1
+                used = {id(e) for b in batches[:i] for e in b}
+                batches = batches[:i] + _batches([e for e in seqs if id(e) not in used], batch_size, seed, epoch, switches[k][1])
+                continue
+            yield batches[i]
+            i += 1
+            made += 1
+        epoch += 1
+
+
+_SHARED_MIN = 32
+"""Fewest shared leading tokens worth computing once for a whole batch (as at inference)."""
+
+
+def _prefix_groups(order: list[Encoded], rng: random.Random) -> list[list[Encoded]]:
+    """``order`` cut into groups whose prompts share at least half of the shorter prompt's tokens with the
+    group's first (a graph's instructions and schema), each group in a random order."""
+    ordered = sorted(order, key=lambda e: e.input_ids[: e.prompt_tokens])  # stable: ties keep the shuffle
+    groups: list[list[Encoded]] = []
+    for e in ordered:
+        if groups:
+            head = groups[-1][0]
+            need = max(_SHARED_MIN, min(head.prompt_tokens, e.prompt_tokens) // 2)
+            if _shared_tokens(head.input_ids, e.input_ids) >= need:
+                groups[-1].append(e)
+                continue
+        groups.append([e])
+    for g in groups:
+        rng.shuffle(g)
+    return groups
+
+
+def _shared_tokens(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _collate(batch: Sequence[Encoded], pad_id: int, device: str) -> dict[str, Any]:
@@ -226,25 +295,42 @@ def _collate(batch: Sequence[Encoded], pad_id: int, device: str) -> dict[str, An
     }
 
 
-def target_loss(model: Any, batch: Sequence[Encoded], pad_id: int, device: str = "cpu") -> Any:
+def target_loss(model: Any, batch: Sequence[Encoded], pad_id: int, device: str = "cpu", share_prefix: bool = False) -> Any:
     """Mean cross-entropy over the target tokens of ``batch``, as the model's own loss, with logits
     computed only from the first position that predicts a target.
 
     The prompt (instructions, schema, examples) is most of a sequence and needs no logits: its
-    projection onto the vocabulary is work and memory spent on nothing.
+    projection onto the vocabulary is work and memory spent on nothing. With ``share_prefix``, the
+    prompt tokens every row of the batch starts with are run once, and the rows go on from that
+    start's keys and values: the same loss and gradients (the start's gradient is the sum over the
+    rows, as when each row computes it; under dropout the rows share the start's mask), for a
+    fraction of the work when the rows share a schema.
     """
     import torch
 
-    inputs = _collate(batch, pad_id, device)
-    labels = inputs.pop("labels")
-    n = labels.shape[1]
+    n = max(len(e.input_ids) for e in batch)
     first = min(next((i for i, x in enumerate(e.labels) if x != IGNORE), n) for e in batch)
     start = min(max(first - 1, 0), n - 1)  # the position whose logits predict the first target
+    shared = min(_common_start(batch), start) if share_prefix and len(batch) > 1 else 0
+    inputs = _collate(batch, pad_id, device)
+    labels = inputs.pop("labels")
     if _keeps_logits(model):
         inputs["logits_to_keep"] = n - start
+    if shared >= _SHARED_MIN:
+        head = model(input_ids=inputs["input_ids"][:1, :shared], use_cache=True, **({"logits_to_keep": 1} if "logits_to_keep" in inputs else {}))
+        cache = head.past_key_values
+        cache.batch_repeat_interleave(len(batch))
+        inputs["input_ids"] = inputs["input_ids"][:, shared:]
+        inputs["position_ids"] = torch.arange(shared, n, device=device).unsqueeze(0).expand(len(batch), -1)
+        inputs.update(past_key_values=cache, use_cache=True)
     logits = model(**inputs).logits[:, -(n - start) :][:, :-1].float()  # positions start .. n-2
     target = labels[:, start + 1 :]  # the tokens they predict
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE)
+
+
+def _common_start(batch: Sequence[Encoded]) -> int:
+    """Leading tokens every sequence of ``batch`` shares."""
+    return min(_shared_tokens(batch[0].input_ids, e.input_ids) for e in batch[1:])
 
 
 def _keeps_logits(model: Any) -> bool:
@@ -335,7 +421,10 @@ def train_adapter(
         raise MissingDependencyError(e.name or "peft", "finetune", "ragkit finetune") from None
     if not seqs:
         raise InputError("no training sequence fits --max-length (raise it, or lower --examples)")
-    run_key = _run_key({"meta": {k: meta[k] for k in ("base_model", "data", "options", "init_adapter") if k in meta}, "ids": [s.id for s in seqs]})
+    keyed = {k: meta[k] for k in ("base_model", "data", "options", "init_adapter") if k in meta}
+    if "options" in keyed:  # how batches are computed, not what is trained on: a run may switch it when it resumes
+        keyed["options"] = {k: v for k, v in keyed["options"].items() if k != "share_prefix"}
+    run_key = _run_key({"meta": keyed, "ids": [s.id for s in seqs]})
     done = _finished(output, run_key) if opts.resume else None
     if done is not None:  # e.g. the folds an interrupted k-fold run had finished
         logger.info("%s was already trained by this run: kept", output)
@@ -384,16 +473,16 @@ def train_adapter(
         loss_before = sequence_loss(model, probe, pad_id, device)
     model.train()
 
-    def micro_batches() -> Any:
-        epoch = 0
-        while True:
-            yield from _batches(seqs, opts.batch_size, opts.seed, epoch)
-            epoch += 1
-
-    stream = micro_batches()
+    # how the batches were made so far: [micro-batch, share_prefix] from which on; a checkpoint of a run
+    # from before --share-prefix existed trained without it
+    batching = [[0, opts.share_prefix]] if not step else [list(b) for b in state.get("batching", [[0, False]])]
+    if batching[-1][1] != opts.share_prefix:
+        logger.info("from step %d the rest of the epoch is batched %s shared prompt starts", step, "with" if opts.share_prefix else "without")
+        batching.append([step * opts.grad_accum, opts.share_prefix])
+    stream = _micro_batches(seqs, opts.batch_size, opts.seed, batching)
 
     def checkpoint() -> None:
-        state = {"run_key": run_key, "step": step, "losses": losses, "tokens": tokens, "seconds": seconds, "loss_before": loss_before}
+        state = {"run_key": run_key, "step": step, "losses": losses, "tokens": tokens, "seconds": seconds, "loss_before": loss_before, "batching": batching}
         _save_checkpoint(ckpt, model, optimizer, state, {**meta, "run_key": run_key}, total)
     # bf16: the forward's matrix products in bfloat16, the LoRA weights, optimizer and loss in float32
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if opts.mixed_precision == "bf16" else contextlib.nullcontext()
@@ -415,7 +504,7 @@ def train_adapter(
         for _ in range(opts.grad_accum):
             batch = next(stream)
             with autocast:
-                loss = target_loss(model, batch, pad_id, device)
+                loss = target_loss(model, batch, pad_id, device, opts.share_prefix)
             (loss / opts.grad_accum).backward()
             step_loss += float(loss.detach()) / opts.grad_accum
             tokens += sum(len(e.input_ids) for e in batch)
@@ -437,6 +526,7 @@ def train_adapter(
         epochs_done=round(step * opts.grad_accum * opts.batch_size / len(seqs), 3),
         final_loss=losses[-1] if losses else None,
         losses=losses,
+        batching=[{"from_step": at // opts.grad_accum, "share_prefix": share} for at, share in batching],
         loss_before=round(loss_before, 5),
         loss_after=round(loss_after, 5),
         probe_ids=[s.id for s in probe],
@@ -616,7 +706,7 @@ def finetune(
 def _options_meta(opts: FinetuneOptions) -> dict[str, Any]:
     """The options an adapter records (and its checkpoint's run key hashes), as JSON values; an unset
     ``init_adapter`` is left out, so a run's key is the same as before the option existed and its
-    checkpoint resumes."""
+    checkpoint resumes (the key leaves out ``share_prefix`` too)."""
     skip = ("output", "resume", "threads", "device") + (("init_adapter",) if opts.init_adapter is None else ())
     return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(opts).items() if k not in skip}  # the CLI gives paths
 

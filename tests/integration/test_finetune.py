@@ -158,6 +158,89 @@ def test_the_target_loss_equals_the_models_own_loss(monkeypatch: pytest.MonkeyPa
     assert trainer.sequence_loss(model, [lone], 0) == pytest.approx(float(model(**trainer._collate([lone], 0, "cpu")).loss.detach()), rel=1e-5)
 
 
+@pytest.mark.parametrize("keeps_logits", [True, False])
+def test_a_batchs_shared_prompt_start_run_once_gives_the_same_loss_and_gradients(monkeypatch: pytest.MonkeyPatch, keeps_logits: bool) -> None:
+    """``share_prefix``: the prompt tokens all rows start with run once, the rows go on from their keys
+    and values, and the loss and LoRA gradients are those of the whole batch run row by row.
+
+    Three rows share a 40-token start, then differ in prompt and target lengths (so rows are padded);
+    a batch whose shared start is too short, or a single row, takes the plain path."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    from peft import LoraConfig, get_peft_model
+
+    from ragkit.finetune import trainer
+    from ragkit.finetune.data import encode
+
+    monkeypatch.setattr(trainer, "_keeps_logits", lambda model: keeps_logits)
+    model = get_peft_model(_tiny_llama(), LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False))
+    start = [(7 * i) % 90 + 3 for i in range(40)]
+    tok = {"a": start + [5, 6, 7], "b": start + [8], "c": start + [9, 10, 11, 12, 13], "x": [20, 21, 22], "y": [23, 24, 25, 26, 27], "z": [28, 29]}
+    batch = [encode("1", "a", "x", tok.__getitem__), encode("2", "b", "y", tok.__getitem__), encode("3", "c", "z", tok.__getitem__)]
+    calls: list[int] = []
+    model.get_base_model().register_forward_pre_hook(lambda mod, args, kw: calls.append(kw["input_ids"].shape[1]), with_kwargs=True)
+
+    def grads(share: bool) -> tuple[float, list]:
+        model.zero_grad()
+        loss = trainer.target_loss(model, batch, pad_id=0, share_prefix=share)
+        loss.backward()
+        return float(loss.detach()), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    plain, g_plain = grads(False)
+    assert calls == [47]  # the longest row; the others padded
+    calls.clear()
+    shared, g_shared = grads(True)
+    assert calls == [40, 7]  # the start once, then each row from position 40
+    assert shared == pytest.approx(plain, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g_shared, g_plain))
+    calls.clear()
+    short = [encode("4", "p", "x", lambda s: [1, 2, 3] if s == "p" else [4, 5]), encode("5", "q", "y", lambda s: [1, 2, 9] if s == "q" else [4])]
+    trainer.target_loss(model, short, pad_id=0, share_prefix=True)
+    trainer.target_loss(model, batch[:1], pad_id=0, share_prefix=True)
+    assert calls == [5, 46]  # a 2-token start and a lone row: one forward pass each
+
+
+def test_batches_that_share_prefixes_keep_one_graph_to_a_batch() -> None:
+    """``share_prefix`` batches: each sequence once per epoch; full batches hold one graph's sequences
+    (their prompts share the graph's start); only the leftovers of each graph mix graphs; the order
+    changes with the epoch."""
+    from ragkit.finetune.data import encode
+    from ragkit.finetune.trainer import _batches
+
+    graphs = {g: [100 * g + k for k in range(60)] for g in range(3)}
+    sizes = {0: 10, 1: 7, 2: 5}
+
+    def tokens(s: str) -> list[int]:
+        if s == "t":
+            return [9, 9]
+        g, i = map(int, s.split("-"))
+        return graphs[g] + [i + 1]
+
+    seqs = [encode(f"{g}-{i}", f"{g}-{i}", "t", tokens) for g, n in sizes.items() for i in range(n)]
+    batches = _batches(seqs, 4, seed=0, epoch=0, share_prefix=True)
+    assert sorted(e.id for b in batches for e in b) == sorted(e.id for e in seqs)
+    full = [b for b in batches if len(b) == 4 and len({e.id.split("-")[0] for e in b}) == 1]
+    assert len(full) == 2 + 1 + 1  # 10 // 4, 7 // 4, 5 // 4
+    assert sum(len(b) for b in batches) - 4 * len(full) == 2 + 3 + 1
+    assert [[e.id for e in b] for b in _batches(seqs, 4, seed=0, epoch=1, share_prefix=True)] != [[e.id for e in b] for b in batches]
+
+    # a run that switches to shared starts after 2 micro-batches: those 2 as before, then the rest of
+    # the epoch's sequences (each once) in one-graph batches; the next epoch is batched the new way
+    from ragkit.finetune.trainer import _micro_batches
+
+    plain = _batches(seqs, 4, seed=0, epoch=0)
+    stream = _micro_batches(seqs, 4, 0, [[0, False], [2, True]])
+    epoch0: list = []
+    while sum(len(b) for b in epoch0) < len(seqs):
+        epoch0.append(next(stream))
+    assert epoch0[:2] == plain[:2]
+    assert sorted(e.id for b in epoch0 for e in b) == sorted(e.id for e in seqs)
+    assert any(len(b) == 4 and len({e.id.split("-")[0] for e in b}) == 1 for b in epoch0[2:])
+    assert next(stream) == _batches(seqs, 4, seed=0, epoch=1, share_prefix=True)[0]
+    same = _micro_batches(seqs, 4, 0, [[0, False]])
+    assert [next(same) for _ in range(len(plain))] == plain
+
+
 def test_a_stopped_run_saves_a_checkpoint_at_its_step_and_resumes_to_the_same_losses(tmp_path: Path) -> None:
     """``stop`` ends training at a step boundary with a checkpoint; running again continues from it and
     ends where an uninterrupted run ends, step for step (the checkpoint keeps the dropout RNG too)."""
@@ -171,10 +254,10 @@ def test_a_stopped_run_saves_a_checkpoint_at_its_step_and_resumes_to_the_same_lo
     _tiny_llama().save_pretrained(base)
     seqs = [encode(str(i), "p", "t", lambda s, i=i: list(range(3 + i, 9 + 2 * i)) if s == "p" else list(range(40 + i, 46 + i))) for i in range(6)]
 
-    def options(out: Path) -> FinetuneOptions:
+    def options(out: Path, share: bool = True) -> FinetuneOptions:
         return FinetuneOptions(
             language="sparql", output=str(out), model=str(base), device="cpu", max_steps=6, batch_size=2, grad_accum=1,
-            lr=5e-3, warmup=1, probe=4, rank=4, alpha=8, dropout=0.3, save_every=100,
+            lr=5e-3, warmup=1, probe=4, rank=4, alpha=8, dropout=0.3, save_every=100, share_prefix=share,
         )  # fmt: skip
 
     whole = train_adapter(seqs, options(tmp_path / "whole"), tmp_path / "whole", {}, pad_id=0)
@@ -215,6 +298,15 @@ def test_a_stopped_run_saves_a_checkpoint_at_its_step_and_resumes_to_the_same_lo
     steps: list[int] = []
     again = train_adapter(seqs, options(out), out, {}, pad_id=0, progress=lambda step, total, loss: steps.append(step))
     assert again == resumed and steps == [6] and (out / "adapter_model.safetensors").stat().st_mtime_ns == weights
+    # the same run resumed with the other batching: it goes on (the run key leaves --share-prefix out)
+    # and records from which step its batches shared prompt starts
+    switched = tmp_path / "switched"
+    stop.clear()
+    with pytest.raises(TrainingStopped):
+        train_adapter(seqs, options(switched, share=False), switched, {"options": {"share_prefix": False}}, pad_id=0, progress=progress, stop=stop)
+    done = train_adapter(seqs, options(switched), switched, {"options": {"share_prefix": True}}, pad_id=0)
+    assert done["losses"][:3] == pytest.approx(whole["losses"][:3], rel=1e-5) and done["steps"] == 6
+    assert done["batching"] == [{"from_step": 0, "share_prefix": False}, {"from_step": 3, "share_prefix": True}]
     other = options(out)
     other.lr = 1e-3  # another run: trained afresh
     assert train_adapter(seqs, other, out, {"options": {"lr": 1e-3}}, pad_id=0)["run_key"] != resumed["run_key"]
