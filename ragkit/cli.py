@@ -580,7 +580,7 @@ def _print_tokenomics(reports: list[dict[str, Any]]) -> None:
     default=True,
     show_default=True,
     help="Batch sequences whose prompts start alike (one graph's schema) and compute that start once per batch. "
-    "Runs begun before this option trained without it: resume them with --no-share-prefix.",
+    "A run resumed with the other setting batches the rest of its epoch the new way.",
 )
 @click.option("--save-every", default=50, show_default=True, type=int, help="Checkpoint every N steps.")
 @click.option("--resume/--no-resume", default=True, help="Continue from OUTPUT/checkpoint when it is of the same run.")

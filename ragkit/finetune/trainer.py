@@ -103,7 +103,8 @@ class FinetuneOptions:
     init_adapter: str | None = None
     share_prefix: bool = True
     """Batch sequences whose prompts start alike (one graph's instructions and schema) and compute that
-    start once per batch (:func:`target_loss`). Runs from before the option trained without it."""
+    start once per batch (:func:`target_loss`). Runs from before the option trained without it; a run
+    resumed with the other setting batches the rest of its epoch the new way (:func:`_micro_batches`)."""
     resume: bool = True
 
     def check(self) -> None:
