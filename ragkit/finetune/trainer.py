@@ -47,7 +47,7 @@ from ragkit.finetune.data import (
     read_pairs,
 )
 from ragkit.models.adapters import ADAPTER_META, FOLDS_META, file_sha256, model_fingerprint, quiet_peft_noise
-from ragkit.models.llm import LocalLLM, choose_device, quiet_progress_bars, resolve_model_path
+from ragkit.models.llm import LocalLLM, _common_prefix, choose_device, quiet_progress_bars, resolve_model_path
 from ragkit.stores.base import GraphSchema
 
 logger = logging.getLogger(__name__)
@@ -264,22 +264,13 @@ def _prefix_groups(order: list[Encoded], rng: random.Random) -> list[list[Encode
         if groups:
             head = groups[-1][0]
             need = max(_SHARED_MIN, min(head.prompt_tokens, e.prompt_tokens) // 2)
-            if _shared_tokens(head.input_ids, e.input_ids) >= need:
+            if _common_prefix([head.input_ids, e.input_ids]) >= need:
                 groups[-1].append(e)
                 continue
         groups.append([e])
     for g in groups:
         rng.shuffle(g)
     return groups
-
-
-def _shared_tokens(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _collate(batch: Sequence[Encoded], pad_id: int, device: str) -> dict[str, Any]:
@@ -312,7 +303,7 @@ def target_loss(model: Any, batch: Sequence[Encoded], pad_id: int, device: str =
     n = max(len(e.input_ids) for e in batch)
     first = min(next((i for i, x in enumerate(e.labels) if x != IGNORE), n) for e in batch)
     start = min(max(first - 1, 0), n - 1)  # the position whose logits predict the first target
-    shared = min(_common_start(batch), start) if share_prefix and len(batch) > 1 else 0
+    shared = min(_common_prefix([e.input_ids for e in batch]), start) if share_prefix and len(batch) > 1 else 0
     inputs = _collate(batch, pad_id, device)
     labels = inputs.pop("labels")
     if _keeps_logits(model):
@@ -327,11 +318,6 @@ def target_loss(model: Any, batch: Sequence[Encoded], pad_id: int, device: str =
     logits = model(**inputs).logits[:, -(n - start) :][:, :-1].float()  # positions start .. n-2
     target = labels[:, start + 1 :]  # the tokens they predict
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE)
-
-
-def _common_start(batch: Sequence[Encoded]) -> int:
-    """Leading tokens every sequence of ``batch`` shares."""
-    return min(_shared_tokens(batch[0].input_ids, e.input_ids) for e in batch[1:])
 
 
 def _keeps_logits(model: Any) -> bool:
