@@ -69,7 +69,7 @@ def test_adapter_for_another_base_model_is_refused(adapter: tuple[Path, list[dic
         LocalLLM(device="cpu", dtype="float32", adapter=str(other)).warm_up()
 
 
-@pytest.mark.parametrize("name", ["spider4sparql-sparql-noex", "spider4sparql-sparql-long-s361"])
+@pytest.mark.parametrize("name", ["spider4sparql-sparql-noex", "spider4sparql-sparql-long-s361", "spider4sparql-sparql-noex-long"])
 def test_the_committed_adapter_fits_the_bundled_model(name: str) -> None:
     """The adapters the README's figures come from load on the bundled model and change its output."""
     from ragkit.models.adapters import model_fingerprint, read_adapter_meta
