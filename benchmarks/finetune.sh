@@ -4,10 +4,6 @@
 #   bash benchmarks/finetune.sh throughput   # a short run: tokens/s and s/step, to size a full run
 #   bash benchmarks/finetune.sh step-time    # 3 steps of the train-fast recipe, float32 then bf16 autocast: s/step, peak RSS
 #   bash benchmarks/finetune.sh share-time   # 6 steps of the train-long recipe without, then with --share-prefix: s/step
-#
-# The recipes whose adapters the README's figures come from were run before --share-prefix existed: they
-# pass --no-share-prefix, so they batch as those runs did. train-long switched to it at step 523 when resumed
-# (the rest of that epoch's sequences in one-graph batches; ragkit_adapter.json records it under "batching").
 #   bash benchmarks/finetune.sh train-fast   # the adapter the README's figures use: 70 steps on 600 pairs (~35 min, 2 cores)
 #   bash benchmarks/finetune.sh train-fast-cypher   # the same recipe in Cypher, on text2cypher's other graphs
 #   bash benchmarks/finetune.sh train-long   # the train-fast recipe over every passing Spider train pair (~1,000 steps, hours; resumable)
@@ -16,6 +12,10 @@
 #   bash benchmarks/finetune.sh train-kfold-spider   # the same on each Spider dev graph's own questions, from the train-fast adapter
 #   bash benchmarks/finetune.sh train        # the real training runs (hours on a CPU; use a quiet machine)
 #   bash benchmarks/finetune.sh eval         # retrieval alone / fine-tuning alone / both
+#
+# The recipes whose adapters the README's figures come from were run before --share-prefix existed: they
+# pass --no-share-prefix, so they batch as those runs did. train-long switched to it at step 523 when resumed
+# (the rest of that epoch's sequences in one-graph batches; ragkit_adapter.json records it under "batching").
 #
 # Training data are the train splits over OTHER graphs (Spider4SPARQL train, text2cypher other
 # graphs): no evaluation question, graph or answer is trained on.
