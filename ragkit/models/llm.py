@@ -15,7 +15,8 @@ Options that make generation cheaper (see ``docs/generation.md`` for measurement
   tokenizers are translated through text);
 * ``quantize: int8``: torch's dynamic int8 quantisation of every Linear layer, on CPU;
 * ``max_batch``: calls made at the same time from several threads (``ragkit serve --concurrency``,
-  ``ragkit eval --concurrency``) with the same settings are decoded together as one padded batch.
+  ``ragkit eval --concurrency``) are decoded together; single-sequence calls by continuous batching
+  (a row that ends is replaced by a waiting call at the next step), beams as one padded batch.
 
 Speculation never changes what greedy decoding returns beyond floating-point rounding (the target
 model checks every drafted token); the trace reports how many drafted tokens it accepted.
@@ -32,7 +33,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -399,6 +402,11 @@ class LocalLLM(LLM):
             tokens per second of one prompt. A call that finds the model idle starts at once. 1 decodes
             one call at a time. Streaming calls are batched too, each row's text going to its own caller's
             listener; calls that use speculative decoding are never batched.
+        continuous_batching: single-sequence calls (greedy or sampled, constrained or not, any
+            settings) share the batch step by step: a row that ends returns at once and a waiting call
+            takes its place, so no call waits for the longest one of a fixed batch. Several-candidate calls
+            (beams) still decode as fixed batches by settings. False decodes every batch as a fixed one.
+            Models whose cache is not plain growing layers (sliding windows) always use fixed batches.
         max_repeats: end a sequence once its last tokens are one block of 1 to 32 tokens written this many
             times in a row, over 24 tokens at least (see :func:`looping`): a small model decoding greedily can loop until ``max_new_tokens``, and in a
             batch every other prompt waits for it. 0 (default) turns it off. Single sequences only (not beams).
@@ -432,6 +440,7 @@ class LocalLLM(LLM):
         adapter: str | None = None,
         merge_adapter: bool = True,
         max_batch: int = 8,
+        continuous_batching: bool = True,
         max_repeats: int = 0,
     ) -> None:
         if max_repeats < 0 or max_repeats == 1:
@@ -463,7 +472,9 @@ class LocalLLM(LLM):
         self.draft_tokens = draft_tokens
         self.quantize = quantize
         self.max_batch = max_batch
+        self.continuous_batching = continuous_batching
         self.max_repeats = max_repeats
+        self._no_logits: dict[str, Any] = {}
         self._batcher = _Batcher(self._run_batch, max_batch)
         self._model: Any = None
         self._tok: Any = None
@@ -491,6 +502,10 @@ class LocalLLM(LLM):
         self._model, self._tok = _load(self.path, device, dtype, self.quantize, self.adapter, self.merge_adapter)
         self._eos_ids = _as_list(self._model.generation_config.eos_token_id)
         self.context_window = int(getattr(self._model.config, "max_position_embeddings", 2048) or 2048)
+        self._no_logits = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self._model.forward).parameters else {}
+        # Continuous batching edits the key/value cache row by row: plain growing layers only (not, for
+        # example, the sliding windows of Gemma 3, whose batches decode as fixed batches).
+        self._batcher._stream = self._decode_continuously if self.continuous_batching and _plain_cache(self._model) else None
         if self.draft_model is not None:
             import copy
 
@@ -826,6 +841,155 @@ class LocalLLM(LLM):
             gens.append(Generation(texts=tuple(texts), scores=tuple(scores), stats=stats))
         return gens
 
+    # -- continuous batching ---------------------------------------------------------------------
+    # Single-sequence calls are decoded one step at a time for every row in flight. A row that ends
+    # hands its result back at once and a waiting call takes its place at the next step, so a batch
+    # never waits for its longest row. Each row is left-padded to the width of the longest cache; its
+    # positions count its own tokens only.
+
+    def _decode_continuously(self, calls: list[_Request], admit: Callable[[int], list[_Request]], deliver: Callable[[_Request, Any], None]) -> None:
+        import torch
+
+        rows: list[_Row] = []
+        cache: Any = None
+        mask = pos = nxt = None
+        waiting = list(calls)
+        while True:
+            if len(rows) + len(waiting) < self.max_batch:
+                waiting += admit(self.max_batch - len(rows) - len(waiting))
+            joined: list[tuple[_Row, Any]] = []
+            for req in waiting:
+                try:
+                    row = self._join(req)
+                except Exception as e:  # this call's own problem (a prompt the model refuses): the others go on
+                    deliver(req, e)
+                    continue
+                if row is None:
+                    deliver(req, self._generate_one(req))
+                else:
+                    joined.append(row)
+            waiting = []
+            if joined:
+                cache, mask, pos, nxt = _merge_rows(cache, mask, pos, nxt, joined)
+                rows += [r for r, _ in joined]
+            if not rows:
+                return
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+            with torch.inference_mode():
+                out = self._model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos[:, None], past_key_values=cache, use_cache=True)
+                logits = out.logits[:, -1, :].float()
+                now = time.perf_counter()
+                if any(r.proc is not None for r in rows):
+                    parts = [logits[i : i + 1] if r.proc is None else r.proc(torch.tensor([r.out], dtype=torch.long).reshape(1, -1), logits[i : i + 1]) for i, r in enumerate(rows)]
+                    scores = torch.cat(parts)
+                else:
+                    scores = logits
+                tokens = _pick(scores, [r.req.temperature for r in rows])
+                # scored by the model's own distribution: a forced token keeps the probability the model gave it
+                logprobs = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None])[:, 0].tolist()
+            keep = []
+            for i, (r, t, lp) in enumerate(zip(rows, tokens.tolist(), logprobs)):
+                r.out.append(t)
+                r.logprobs.append(lp)
+                r.times.append(now)
+                r.alongside += len(rows)
+                if self._row_ended(r, int(pos[i]) + 1):
+                    deliver(r.req, self._row_result(r, now))
+                else:
+                    keep.append(i)
+            if len(keep) < len(rows):
+                rows = [rows[i] for i in keep]
+                if not rows:
+                    cache = mask = pos = nxt = None
+                    continue
+                index = torch.tensor(keep, device=mask.device)
+                cache.batch_select_indices(index)
+                mask, pos, nxt = mask[index], pos[index], tokens[index]
+                cache, mask = _trim_rows(cache, mask)
+                pos = pos + 1
+            else:
+                nxt, pos = tokens, pos + 1
+
+    def _join(self, req: _Request) -> tuple[_Row, Any] | None:
+        """A new row for ``req``: its prompt's key/value cache (all but the last token, which the next
+        step feeds), from the prefix cache where it can. None for a prompt of fewer than 2 tokens."""
+        import torch
+        from transformers import DynamicCache
+
+        ids = self._tok(req.text, add_special_tokens=False)["input_ids"]
+        if len(ids) < 2:
+            return None
+        start = time.perf_counter()
+        reused, cache = self._prefix_lookup(ids) if self.prefix_cache else (0, None)
+        if cache is None:
+            cache, reused = DynamicCache(config=self._model.config), 0
+        if reused < len(ids) - 1:
+            device = self._model.device
+            with torch.inference_mode():
+                self._model(
+                    input_ids=torch.tensor([ids[reused:-1]], device=device),
+                    position_ids=torch.arange(reused, len(ids) - 1, device=device)[None],
+                    past_key_values=cache,
+                    use_cache=True,
+                    **self._no_logits,
+                )
+            if self.prefix_cache:
+                self._prefix_store(ids[:-1], cache)
+        proc = None
+        if req.constraint is not None:
+            from ragkit.query.constrain import TermLogitsProcessor
+
+            proc = TermLogitsProcessor(req.constraint, self._tok, 0, self._eos_ids)
+        listener = _StreamRow(req.listener) if req.listener is not None else None
+        max_new = max(1, min(req.max_new_tokens, self.context_window - len(ids)))
+        return _Row(req, ids, start, max_new, reused, proc, listener), cache
+
+    def _row_ended(self, r: _Row, position: int) -> bool:
+        """Whether ``r`` is over after its latest token (which also goes to its listener)."""
+        t = r.out[-1]
+        if t in self._eos_ids or (self._tok.pad_token_id is not None and t == self._tok.pad_token_id):
+            return True
+        stopped = False
+        if r.req.stop or r.listener is not None:
+            text, stopped = _text_so_far(self._tok, r.out, r.req.stop)
+            row = r.listener
+            if row is not None and not row.done and text is not None:
+                if text.startswith(row.sent) and len(text) > len(row.sent):
+                    try:
+                        row.listener(text[len(row.sent) :])
+                    except Exception:
+                        logger.warning("a streaming listener failed; its row decodes on without streaming", exc_info=True)
+                        row.done = True
+                row.sent = text
+        looped = bool(self.max_repeats) and looping(r.out, self.max_repeats)
+        return stopped or looped or len(r.out) >= r.max_new or position >= self.context_window
+
+    def _row_result(self, r: _Row, now: float) -> Generation:
+        ends = {*self._eos_ids, self._tok.pad_token_id}
+        ended = r.out[-1] in ends
+        length = len(r.out) - 1 if ended else len(r.out)
+        text = self._tok.decode(r.out[:length], skip_special_tokens=True)
+        for s in r.req.stop:
+            cut_at = text.find(s) if s else -1
+            if cut_at >= 0:
+                text = text[:cut_at]
+        n_out = len(r.out)
+        finite = [x for x in r.logprobs[:length] if math.isfinite(x)]
+        steps = len(r.out)
+        stats = GenerationStats(
+            tokens_in=len(r.prompt),
+            tokens_out=n_out,
+            seconds=now - r.start,
+            cached_tokens=r.reused,
+            batch_size=max(1, round(r.alongside / steps)),
+            ttft=r.times[0] - r.start,
+            inter_token=[b - a for a, b in zip(r.times, r.times[1:])],
+        )
+        if r.proc is not None:
+            stats.forced_tokens, stats.ended_rows = r.proc.forced, r.proc.ended
+        scores = (sum(finite) / len(finite),) if finite else (0.0,) if length else ()
+        return Generation(texts=(text,), scores=scores, stats=stats)
+
     def _shared_prefix(self, prefix: list[int], rows: int) -> Any:
         """The key/value cache of ``prefix`` repeated for ``rows`` prompts: what the prefix cache holds
         of it, the rest computed once (and stored for the next batch). None when this model's cache
@@ -894,7 +1058,6 @@ class LocalLLM(LLM):
         return {"assistant_model": self._draft, "tokenizer": self._tok, "assistant_tokenizer": self._draft_tok}
 
 
-
 @dataclass
 class _Request:
     """One :meth:`LocalLLM.generate` call, as the batcher sees it."""
@@ -914,47 +1077,93 @@ class _Request:
 
 
 class _Batcher:
-    """Collects the calls that arrive while the model is busy and runs them in batches.
+    """Runs calls on one worker thread, several at a time.
 
-    The first caller to find the model idle leads: it takes the oldest waiting call and every other
-    waiting call with the same key (up to ``max_batch``), runs them, hands each caller its result and
-    wakes the rest. A lone caller therefore starts at once; under load the batches fill up by themselves.
+    Calls queue up; a worker thread, started by the first call and gone once the queue is empty, takes
+    the oldest call and every other waiting call with the same key (up to ``max_batch``), runs them
+    through ``run`` and hands each caller its result. A lone caller therefore starts at once; under load
+    the batches fill up by themselves.
+
+    With ``stream`` set, single-sequence calls are decoded continuously instead:
+    ``stream(calls, admit, deliver)`` decodes ``calls`` step by step, hands each finished call's result to
+    ``deliver(call, result)`` at once, and takes more waiting calls from ``admit(room)`` into the rows
+    that have ended. ``admit`` hands over no more once a call with several sequences is oldest in the
+    queue, so that call waits for the rows in flight, not for every later call.
     """
 
-    def __init__(self, run: Any, max_batch: int) -> None:
+    def __init__(self, run: Any, max_batch: int, stream: Any = None) -> None:
         self._run = run
+        self._stream = stream
         self.max_batch = max_batch
         self._cond = threading.Condition()
         self._queue: list[_Request] = []
-        self._busy = False
         self._results: dict[int, Any] = {}
+        self._taken: dict[int, _Request] = {}  # handed to the model, result not delivered yet
+        self._worker: threading.Thread | None = None
 
     def submit(self, req: _Request) -> Generation:
         with self._cond:
             self._queue.append(req)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="ragkit-llm-batcher", daemon=True)
+                self._worker.start()
+            while id(req) not in self._results:
+                self._cond.wait()
+            result = self._results.pop(id(req))
+        if isinstance(result, BaseException):
+            raise result
+        return result  # type: ignore[no-any-return]
+
+    def _streams(self, req: _Request) -> bool:
+        return self._stream is not None and req.num_return_sequences == 1
+
+    def _take(self, batch: list[_Request]) -> list[_Request]:
+        """Moves ``batch`` from the queue to the calls in flight (the lock is held)."""
+        self._queue = [r for r in self._queue if not any(r is b for b in batch)]
+        self._taken.update((id(r), r) for r in batch)
+        return batch
+
+    def _leading(self, room: int) -> list[_Request]:
+        """Up to ``room`` calls from the head of the queue that decode continuously (the lock is held)."""
+        batch: list[_Request] = []
+        for r in self._queue:
+            if len(batch) >= room or not self._streams(r):
+                break
+            batch.append(r)
+        return self._take(batch)
+
+    def _admit(self, room: int) -> list[_Request]:
+        with self._cond:
+            return self._leading(room)
+
+    def _deliver(self, req: _Request, result: Any) -> None:
+        with self._cond:
+            if self._taken.pop(id(req), None) is not None:
+                self._results[id(req)] = result
+                self._cond.notify_all()
+
+    def _work(self) -> None:
         while True:
             with self._cond:
-                while id(req) not in self._results and self._busy:
-                    self._cond.wait()
-                if id(req) in self._results:
-                    result = self._results.pop(id(req))
-                    if isinstance(result, BaseException):
-                        raise result
-                    return result  # type: ignore[no-any-return]
-                self._busy = True
+                if not self._queue:
+                    self._worker = None
+                    return
                 key = self._queue[0].key
-                batch = [r for r in self._queue if r.key == key][: self.max_batch]
-                self._queue = [r for r in self._queue if not any(r is b for b in batch)]
-            outcome: list[Any]
+                if self._streams(self._queue[0]):
+                    batch = self._leading(self.max_batch)
+                else:
+                    batch = self._take([r for r in self._queue if r.key == key][: self.max_batch])
             try:
-                outcome = list(self._run(batch))
-            except BaseException as e:  # every caller of the batch gets the error, none waits forever
-                outcome = [e] * len(batch)
-            with self._cond:
-                for r, o in zip(batch, outcome):
-                    self._results[id(r)] = o
-                self._busy = False
-                self._cond.notify_all()
+                if self._streams(batch[0]):
+                    self._stream(batch, self._admit, self._deliver)
+                else:
+                    for r, o in zip(batch, list(self._run(batch))):
+                        self._deliver(r, o)
+            except BaseException as e:  # every call in flight gets the error, none waits forever
+                with self._cond:
+                    failed = list(self._taken.values())
+                for r in failed:
+                    self._deliver(r, e)
 
 
 class _PerPrompt:
@@ -965,11 +1174,12 @@ class _PerPrompt:
         self.width = width
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
+        out = scores.clone()
         for i, proc in enumerate(self.processors):
             if proc is not None:
                 a = i * self.width
-                proc(input_ids[a : a + self.width], scores[a : a + self.width])  # scores rows are views: changed in place
-        return scores
+                out[a : a + self.width] = proc(input_ids[a : a + self.width], scores[a : a + self.width])
+        return out
 
 
 class _StepClock:
@@ -1060,3 +1270,89 @@ def _as_list(x: Any) -> list[int]:
     if x is None:
         return []
     return list(x) if isinstance(x, (list, tuple)) else [int(x)]
+
+
+@dataclass
+class _Row:
+    """A call in flight under continuous batching."""
+
+    req: _Request
+    prompt: list[int]
+    start: float
+    max_new: int
+    reused: int = 0
+    proc: Any = None
+    listener: _StreamRow | None = None
+    out: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    alongside: int = 0
+    """Rows decoded in the same steps as this one, summed over its steps."""
+
+
+def _merge_rows(cache: Any, mask: Any, pos: Any, nxt: Any, joined: list[tuple[_Row, Any]]) -> tuple[Any, Any, Any, Any]:
+    """The rows in flight (``cache``, its ``mask``, positions and next tokens; None when there are none)
+    with the ``joined`` rows below them, every row left-padded to the widest. Each joined cache holds at
+    least one position."""
+    import torch
+
+    caches = ([cache] if cache is not None else []) + [c for _, c in joined]
+    widths = [int(c.get_seq_length()) for c in caches]
+    width = max(widths)
+    for layer, parts in enumerate(zip(*(c.layers for c in caches))):
+        for kind in ("keys", "values"):
+            tensors = []
+            for part, w in zip(parts, widths):
+                t = getattr(part, kind)
+                if w < width:
+                    t = torch.cat([t.new_zeros(t.shape[0], t.shape[1], width - w, t.shape[3]), t], dim=2)
+                tensors.append(t)
+            setattr(caches[0].layers[layer], kind, torch.cat(tensors, dim=0))
+    device = caches[0].layers[0].keys.device
+    masks = [] if mask is None else [torch.cat([mask.new_zeros(mask.shape[0], width - widths[0]), mask], dim=1)]
+    masks += [torch.tensor([[0] * (width - w) + [1] * w], dtype=torch.long, device=device) for w in widths[len(caches) - len(joined) :]]
+    new_pos = torch.tensor([len(r.prompt) - 1 for r, _ in joined], dtype=torch.long, device=device)
+    new_nxt = torch.tensor([r.prompt[-1] for r, _ in joined], dtype=torch.long, device=device)
+    return (
+        caches[0],
+        torch.cat(masks, dim=0),
+        new_pos if pos is None else torch.cat([pos, new_pos]),
+        new_nxt if nxt is None else torch.cat([nxt, new_nxt]),
+    )
+
+
+def _trim_rows(cache: Any, mask: Any) -> tuple[Any, Any]:
+    """Drops the leading columns that are padding in every row (left by rows that have ended)."""
+    used = (mask.sum(dim=0) > 0).nonzero()
+    first = int(used[0]) if len(used) else 0
+    if first:
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+        mask = mask[:, first:]
+    return cache, mask
+
+
+def _pick(scores: Any, temperatures: list[float], top_p: float = 0.95) -> Any:
+    """Each row's next token: the most likely, or sampled (nucleus ``top_p``) at the row's temperature."""
+    import torch
+
+    tokens = scores.argmax(dim=-1)
+    for i, temp in enumerate(temperatures):
+        if temp > 0:
+            probs = torch.softmax(scores[i] / temp, dim=-1)
+            ranked, order = probs.sort(descending=True)
+            keep = ranked.cumsum(0) - ranked < top_p  # the smallest set whose mass reaches top_p
+            ranked = ranked * keep
+            tokens[i] = order[torch.multinomial(ranked / ranked.sum(), 1)]
+    return tokens
+
+
+def _plain_cache(model: Any) -> bool:
+    """Whether ``model``'s key/value cache is made of plain growing layers (rows can be padded, joined and dropped)."""
+    try:
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return False

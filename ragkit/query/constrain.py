@@ -438,8 +438,11 @@ class TermLogitsProcessor:
         as nothing the model wrote from there would have been kept."""
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
+        """The scores with what the constraint rules out at -inf: a new tensor, ``scores`` is left as it
+        is (transformers keeps the tensor it passes in as the model's own logits, ``output_logits``)."""
         import torch
 
+        scores = scores.clone()
         width = scores.shape[-1]
         for row in range(input_ids.shape[0]):
             generated = input_ids[row, self.prompt_length :].tolist()

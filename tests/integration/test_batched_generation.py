@@ -224,3 +224,46 @@ def test_beams_start_from_the_prefix_cache_of_the_greedy_call(float32_llm: Local
     assert beams.stats.cached_tokens == n_in - 1
     assert shapes[0] == (3, 1)  # nothing of the prompt computed again
     assert beams.texts == expected.texts and beams.scores == pytest.approx(expected.scores, abs=1e-3)
+
+
+def test_rows_that_join_and_leave_mid_flight_get_what_each_gets_alone(float32_llm: LocalLLM) -> None:
+    """Continuous batching: a call joins at a later step, next to rows already decoding, and a row that
+    ends leaves the others; each still gets what it gets alone (plain, constrained, stop string, loop guard)."""
+    llm = LocalLLM(dtype="float32", prefix_cache=True, max_batch=3, max_repeats=3)  # shares the loaded weights
+    llm.warm_up()
+    schema = GraphSchemaReader(store=OxigraphStore(path=str(GRAPH))).run(question="Who wrote which book?").graph_schema
+    constraint = TermConstraint.for_schema(schema)
+    baits = [llm.render(bait(b)) for b in BAITS]
+    calls = [
+        req(baits[0], 48, constraint=constraint),
+        req(PROMPTS[1], 40),
+        _Request(PROMPTS[0], 40, (".",), 0.0, 1, None),
+        req(baits[1], 48, constraint=constraint),  # its prompt starts as the first one's: from the prefix cache
+        req("Write the word yes two hundred times:", 96),
+    ]
+    queue, steps, got = list(calls[1:]), [0], {}
+
+    def admit(room: int) -> list[_Request]:
+        steps[0] += 1
+        return [queue.pop(0)] if queue and room and steps[0] % 4 == 0 else []  # one call every 4 steps
+
+    _, shapes = _prompt_widths(llm, lambda: llm._decode_continuously(calls[:1], admit, lambda r, g: got.__setitem__(id(r), g)))
+    rows = [n for n, width in shapes if width == 1]  # the decoding steps' row counts
+    assert max(rows) == 3 and any(a < b for a, b in zip(rows, rows[1:]))  # calls joined rows in flight
+    assert any(a > b > 0 for a, b in zip(rows, rows[1:]))  # and rows left while others went on
+    assert got[id(calls[3])].stats.cached_tokens > 0
+    for call in calls:
+        mine, alone = got[id(call)], llm._generate_one(call)
+        assert mine.texts == alone.texts
+        assert mine.scores == pytest.approx(alone.scores, abs=1e-3)
+        assert mine.stats.tokens_out == alone.stats.tokens_out and mine.stats.tokens_in == alone.stats.tokens_in
+        assert mine.stats.forced_tokens == alone.stats.forced_tokens
+        assert len(mine.stats.inter_token) == mine.stats.tokens_out - 1 and 0 < mine.stats.ttft < mine.stats.seconds
+    assert constraint.accepts(got[id(calls[0])].text) and "." not in got[id(calls[2])].text
+    assert got[id(calls[4])].stats.tokens_out < 96  # the loop guard ended it
+
+
+def test_fixed_batches_when_continuous_batching_is_off(float32_llm: LocalLLM) -> None:
+    fixed = LocalLLM(dtype="float32", prefix_cache=False, continuous_batching=False)
+    fixed.warm_up()
+    assert fixed._batcher._stream is None and float32_llm._batcher._stream is not None

@@ -154,3 +154,86 @@ def test_the_shared_start_of_a_batch_leaves_each_prompt_a_token_of_its_own() -> 
     assert _common_prefix([[1, 2], [1, 2, 3]]) == 1  # the shorter prompt keeps its last token
     assert _common_prefix([[7, 8, 9], [7, 8, 9]]) == 2
     assert _common_prefix([[1, 2], [3, 4]]) == 0
+
+
+class Stream:
+    """A scripted continuous decoder: at each step it asks for more calls, then finishes the oldest row."""
+
+    def __init__(self) -> None:
+        self.admitted: list[list[str]] = []
+        self.release = threading.Event()
+        self.started = threading.Event()
+
+    def __call__(self, calls: list[_Request], admit: Any, deliver: Any) -> None:
+        rows = list(calls)
+        self.admitted.append([r.text for r in calls])
+        self.started.set()
+        assert self.release.wait(10)
+        while rows:
+            more = admit(8 - len(rows))
+            if more:
+                self.admitted[-1] += [r.text for r in more]
+                rows += more
+            done = rows.pop(0)
+            deliver(done, done.text.upper())
+
+
+def test_single_sequence_calls_join_a_continuous_batch_and_beams_wait_for_it() -> None:
+    runner, stream = Runner(), Stream()
+    runner.release.set()
+    batcher = _Batcher(runner, 8, stream)
+    results: dict[str, Any] = {}
+    threads = [threading.Thread(target=lambda r=r: results.__setitem__(r.text, batcher.submit(r))) for r in [request("a")]]
+    threads[0].start()
+    assert stream.started.wait(10)
+    # while "a" decodes: plain and constrained calls with any settings, then beams, then another plain call
+    for r in [request("b"), request("c", max_new_tokens=99, constraint=object()), request("d", beams=3), request("e")]:
+        threads.append(threading.Thread(target=lambda r=r: results.__setitem__(r.text, batcher.submit(r))))
+        threads[-1].start()
+        deadline = time.monotonic() + 10
+        while not any(q is r for q in batcher._queue) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    stream.release.set()
+    for t in threads:
+        t.join(10)
+    assert results == {t: t.upper() for t in "abcde"}
+    assert stream.admitted[0] == ["a", "b", "c"]  # joined the rows in flight; "e" waits behind the beams
+    assert runner.batches == [["d"]]
+    assert stream.admitted[1] == ["e"]
+
+
+def test_an_error_in_a_continuous_batch_reaches_every_call_in_flight_and_the_batcher_goes_on() -> None:
+    gate = threading.Event()
+
+    def stream(calls: list[_Request], admit: Any, deliver: Any) -> None:
+        if calls[0].text == "a":
+            assert gate.wait(10)  # "b" and "c" queue up behind "a"
+            deliver(calls[0], "A")
+            return
+        deliver(calls[0], calls[0].text.upper())
+        raise RuntimeError("model failed")
+
+    batcher = _Batcher(Runner(), 8, stream)
+    results: dict[str, Any] = {}
+
+    def call(r: _Request) -> None:
+        try:
+            results[r.text] = batcher.submit(r)
+        except Exception as e:  # the test inspects what each caller got
+            results[r.text] = e
+
+    threads = [threading.Thread(target=call, args=(request(t),)) for t in "abc"]
+    threads[0].start()
+    deadline = time.monotonic() + 10
+    while not batcher._taken and time.monotonic() < deadline:  # "a" is decoding
+        time.sleep(0.01)
+    for t in threads[1:]:
+        t.start()
+    while len(batcher._queue) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert results["a"] == "A" and results["b"] == "B"
+    assert isinstance(results["c"], RuntimeError)
+    assert batcher.submit(request("z")) == "Z"  # not left busy

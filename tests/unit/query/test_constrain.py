@@ -277,3 +277,14 @@ def test_sparql_names_are_read_with_the_prefixes_the_query_declares() -> None:
     assert c.accepts(declared) and c.accepts(declared + "}")
     assert not c.accepts(declared.replace("formed", "founded"))
     assert c.accepts("PREFIX x: <http://elsewhere.org/>\nSELECT ?n WHERE { ?b x:anything ?n }")  # no schema term there
+
+
+def test_the_processor_leaves_the_scores_it_is_given_as_they_are(sparql: TermConstraint) -> None:
+    # transformers keeps the tensor it hands a processor as the model's own logits (output_logits), which
+    # score a constrained query by what the model gave each token, forced or not
+    tok = _Tokenizer(PIECES)
+    proc = TermLogitsProcessor(sparql, tok, prompt_length=0, eos_ids=[0])
+    given = torch.zeros(1, len(tok))
+    out = proc(torch.tensor([[tok.pieces.index(p) for p in _split("?b a :ban", tok)]]), given)
+    assert bool((out == float("-inf")).any())
+    assert not bool((given == float("-inf")).any())
