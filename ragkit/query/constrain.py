@@ -65,6 +65,8 @@ class _Place:
     """Which kind of name stands at an offset of the text (SPARQL: ``property`` in a predicate's
     place, ``class`` after ``a``, None for subjects and objects, which may name instances): the
     place applies only where it gives this place's ``kind``."""
+    needle: str = ""
+    """Text every match contains (SPARQL: ``pfx:``): a text without it has no name of this place."""
     _set: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -137,6 +139,7 @@ class TermConstraint:
         self._iris = {"class": sorted(set(classes)), "property": sorted(set(properties))}
         self._prefixes = dict(prefixes or {})
         self._sparql_places: dict[tuple[str, str, str], _Place | None] = {}
+        self._places_for: dict[tuple[tuple[str, str], ...], list[_Place]] = {}
         self._ends = dict(ends or {})
         """Cypher: each relationship type's start and end labels, where the schema records them. A
         hop must then follow the type's direction: an arrow the type cannot take, a type the node
@@ -187,15 +190,19 @@ class TermConstraint:
                 # a delimiter, never inside another name, IRI or variable; "PREFIX lib:" declares the
                 # prefix and is no name.
                 pattern = re.compile(r"(?<![\w\\:?$<@.\-])(?<!PREFIX )(?<!prefix )" + re.escape(pfx) + r":(?P<name>(?:[\w\-]|\\.?)*)")
-                place = _Place(kind, pattern, sorted(names), _SPARQL_NAME, _sparql_term_position)
+                place = _Place(kind, pattern, sorted(names), _SPARQL_NAME, _sparql_term_position, needle=pfx + ":")
             self._sparql_places[key] = place
         return self._sparql_places[key]
 
     def _places(self, ctx: _Context) -> list[_Place]:
         if not any(self._iris.values()):
             return self.places
-        prefixes = {**self._prefixes, **ctx.prefixes}
-        return [p for p in (self._sparql_place(pfx, ns, kind) for pfx, ns in prefixes.items() for kind in self._iris) if p is not None]
+        key = tuple(ctx.prefixes.items())  # the same for every token a decoding step tries
+        if key not in self._places_for:
+            prefixes = {**self._prefixes, **ctx.prefixes}
+            places = [p for p in (self._sparql_place(pfx, ns, kind) for pfx, ns in prefixes.items() for kind in self._iris) if p is not None]
+            self._places_for[key] = places
+        return self._places_for[key]
 
     @classmethod
     def _cypher(cls, schema: GraphSchema) -> TermConstraint | None:
@@ -244,6 +251,8 @@ class TermConstraint:
         """Each name in ``plain`` (literals blanked) whose span ends at or after ``start``:
         (place, name, open)."""
         for place in self._places(ctx):
+            if place.needle and place.needle not in plain:
+                continue
             for m in place.pattern.finditer(plain):
                 if m.end() < start or (m.end() == m.start("name") and m.end() < len(plain)):
                     continue
