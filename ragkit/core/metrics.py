@@ -57,7 +57,8 @@ class GenerationStats:
     would have been cut from it (Cypher: a clause after the final ``RETURN``)."""
     batch_size: int = 1
     """Prompts decoded together in the batch this call was part of (see ``LocalLLM(max_batch=...)``);
-    ``seconds`` is then the whole batch's time."""
+    ``seconds`` is then the whole batch's time. Under continuous batching: the mean number of rows this
+    call's steps were shared with (itself included), and ``seconds`` runs from when it joined to its end."""
 
     @property
     def acceptance_rate(self) -> float | None:

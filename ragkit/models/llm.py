@@ -861,13 +861,13 @@ class LocalLLM(LLM):
             for req in waiting:
                 try:
                     row = self._join(req)
+                    if row is None:  # a prompt too short to leave a cache: decoded alone
+                        deliver(req, self._generate_one(req))
+                        continue
                 except Exception as e:  # this call's own problem (a prompt the model refuses): the others go on
                     deliver(req, e)
                     continue
-                if row is None:
-                    deliver(req, self._generate_one(req))
-                else:
-                    joined.append(row)
+                joined.append(row)
             waiting = []
             if joined:
                 cache, mask, pos, nxt = _merge_rows(cache, mask, pos, nxt, joined)

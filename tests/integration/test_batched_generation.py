@@ -263,6 +263,16 @@ def test_rows_that_join_and_leave_mid_flight_get_what_each_gets_alone(float32_ll
     assert got[id(calls[4])].stats.tokens_out < 96  # the loop guard ended it
 
 
+def test_a_one_token_prompt_is_decoded_alone_next_to_a_continuous_batch(float32_llm: LocalLLM) -> None:
+    # a prompt of one token leaves no cache to join a batch with: it is decoded alone, the others go on
+    got: dict[int, object] = {}
+    calls = [req("Hello", 8), req(PROMPTS[0], 8)]
+    assert float32_llm.count_tokens("Hello") == 1
+    float32_llm._decode_continuously(calls, lambda room: [], lambda r, g: got.__setitem__(id(r), g))
+    for call in calls:
+        assert got[id(call)].texts == float32_llm._generate_one(call).texts  # type: ignore[attr-defined]
+
+
 def test_fixed_batches_when_continuous_batching_is_off(float32_llm: LocalLLM) -> None:
     fixed = LocalLLM(dtype="float32", prefix_cache=False, continuous_batching=False)
     fixed.warm_up()
