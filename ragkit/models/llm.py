@@ -396,9 +396,9 @@ class LocalLLM(LLM):
         adapter: a LoRA adapter folder written by ``ragkit finetune``, loaded on top of the model
             (refused when it was trained for another base model). See :mod:`ragkit.models.adapters`.
         merge_adapter: merge the adapter into the weights (as fast as the base model) or keep it apart.
-        max_batch: calls that arrive while the model is busy wait, and those with the same settings
-            (new tokens, stop strings, temperature, candidates; constrained or not) are decoded
-            together, up to this many prompts at once: on a CPU a batch of 8 gives several times the
+        max_batch: calls that arrive while the model is busy wait, and are decoded together, up to this
+            many prompts at once (single-sequence calls by continuous batching, below; several-candidate
+            calls with the same settings as one padded batch): on a CPU a batch of 8 gives several times the
             tokens per second of one prompt. A call that finds the model idle starts at once. 1 decodes
             one call at a time. Streaming calls are batched too, each row's text going to its own caller's
             listener; calls that use speculative decoding are never batched.
@@ -880,7 +880,10 @@ class LocalLLM(LLM):
                 logits = out.logits[:, -1, :].float()
                 now = time.perf_counter()
                 if any(r.proc is not None for r in rows):
-                    parts = [logits[i : i + 1] if r.proc is None else r.proc(torch.tensor([r.out], dtype=torch.long).reshape(1, -1), logits[i : i + 1]) for i, r in enumerate(rows)]
+                    parts = [
+                        logits[i : i + 1] if r.proc is None else r.proc(torch.tensor([r.out], dtype=torch.long).reshape(1, -1), logits[i : i + 1])
+                        for i, r in enumerate(rows)
+                    ]
                     scores = torch.cat(parts)
                 else:
                     scores = logits
@@ -952,15 +955,8 @@ class LocalLLM(LLM):
         stopped = False
         if r.req.stop or r.listener is not None:
             text, stopped = _text_so_far(self._tok, r.out, r.req.stop)
-            row = r.listener
-            if row is not None and not row.done and text is not None:
-                if text.startswith(row.sent) and len(text) > len(row.sent):
-                    try:
-                        row.listener(text[len(row.sent) :])
-                    except Exception:
-                        logger.warning("a streaming listener failed; its row decodes on without streaming", exc_info=True)
-                        row.done = True
-                row.sent = text
+            if r.listener is not None and not r.listener.done and text is not None:
+                r.listener.send(text)
         looped = bool(self.max_repeats) and looping(r.out, self.max_repeats)
         return stopped or looped or len(r.out) >= r.max_new or position >= self.context_window
 
@@ -1214,15 +1210,8 @@ class _StepClock:
                 continue
             row.ids.append(int(tokens[i]))
             text, row.done = _text_so_far(self.tok, row.ids, self.stop)
-            if text is None:
-                continue
-            if text.startswith(row.sent) and len(text) > len(row.sent):
-                try:
-                    row.listener(text[len(row.sent) :])
-                except Exception:
-                    logger.warning("a streaming listener failed; its row decodes on without streaming", exc_info=True)
-                    row.done = True
-            row.sent = text
+            if text is not None:
+                row.send(text)
 
     def end(self) -> None:
         pass
@@ -1234,6 +1223,17 @@ class _StreamRow:
     ids: list[int] = field(default_factory=list)
     sent: str = ""
     done: bool = False
+
+    def send(self, text: str) -> None:
+        """Hands the listener what ``text``, the row's text so far, adds to what it was already sent. A
+        listener that raises is dropped (logged), so one client gone away does not fail the other rows."""
+        if text.startswith(self.sent) and len(text) > len(self.sent):
+            try:
+                self.listener(text[len(self.sent) :])
+            except Exception:
+                logger.warning("a streaming listener failed; its row decodes on without streaming", exc_info=True)
+                self.done = True
+        self.sent = text
 
 
 def _stop_length(tok: Any, ids: list[int], stop: Sequence[str]) -> int | None:

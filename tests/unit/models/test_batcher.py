@@ -34,9 +34,8 @@ class Runner:
         return [r.text.upper() for r in batch]
 
 
-def submit_all(batcher: _Batcher, runner: Runner, first: _Request, others: list[_Request]) -> dict[str, Any]:
-    """Submit ``first``; once it runs, submit ``others`` from threads; then let the first batch end."""
-    results: dict[str, Any] = {}
+def caller(batcher: _Batcher, results: dict[str, Any]) -> Any:
+    """A thread target that submits a call and notes what its caller got, result or error."""
 
     def call(r: _Request) -> None:
         try:
@@ -44,6 +43,13 @@ def submit_all(batcher: _Batcher, runner: Runner, first: _Request, others: list[
         except Exception as e:  # the test inspects what each caller got
             results[r.text] = e
 
+    return call
+
+
+def submit_all(batcher: _Batcher, runner: Runner, first: _Request, others: list[_Request]) -> dict[str, Any]:
+    """Submit ``first``; once it runs, submit ``others`` from threads; then let the first batch end."""
+    results: dict[str, Any] = {}
+    call = caller(batcher, results)
     threads = [threading.Thread(target=call, args=(first,))]
     threads[0].start()
     assert runner.started.wait(10)
@@ -215,13 +221,7 @@ def test_an_error_in_a_continuous_batch_reaches_every_call_in_flight_and_the_bat
 
     batcher = _Batcher(Runner(), 8, stream)
     results: dict[str, Any] = {}
-
-    def call(r: _Request) -> None:
-        try:
-            results[r.text] = batcher.submit(r)
-        except Exception as e:  # the test inspects what each caller got
-            results[r.text] = e
-
+    call = caller(batcher, results)
     threads = [threading.Thread(target=call, args=(request(t),)) for t in "abc"]
     threads[0].start()
     deadline = time.monotonic() + 10
