@@ -481,6 +481,7 @@ class LocalLLM(LLM):
         self._draft: Any = None
         self._draft_tok: Any = None
         self._eos_ids: list[int] = []
+        self._end_ids: set[int] = set()
         self.path: Path | None = None
 
     def setup(self) -> None:
@@ -501,6 +502,9 @@ class LocalLLM(LLM):
         self.device_used, self.dtype_used = device, dtype
         self._model, self._tok = _load(self.path, device, dtype, self.quantize, self.adapter, self.merge_adapter)
         self._eos_ids = _as_list(self._model.generation_config.eos_token_id)
+        # the tokens that end a sequence: the end tokens, and padding (what follows an ended row of a batch)
+        pad = self._tok.pad_token_id
+        self._end_ids = set(self._eos_ids) | ({pad} if pad is not None else set())
         self.context_window = int(getattr(self._model.config, "max_position_embeddings", 2048) or 2048)
         self._no_logits = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self._model.forward).parameters else {}
         # Continuous batching edits the key/value cache row by row: plain growing layers only (not, for
@@ -668,10 +672,9 @@ class LocalLLM(LLM):
         """Texts, mean log-probabilities and output-token count of generated rows (prompt removed)."""
         import torch
 
-        eos = set(self._eos_ids) | {self._tok.pad_token_id}
         texts, scores, n_out = [], [], 0
         for i, seq in enumerate(seqs):
-            length = next((j for j, t in enumerate(seq) if t in eos), len(seq))
+            length = next((j for j, t in enumerate(seq) if t in self._end_ids), len(seq))
             ended = length < len(seq)
             if speculation is not None and stop:
                 # A step may have accepted tokens past the stop string: count as plain decoding would.
@@ -949,8 +952,7 @@ class LocalLLM(LLM):
 
     def _row_ended(self, r: _Row, position: int) -> bool:
         """Whether ``r`` is over after its latest token (which also goes to its listener)."""
-        t = r.out[-1]
-        if t in self._eos_ids or (self._tok.pad_token_id is not None and t == self._tok.pad_token_id):
+        if r.out[-1] in self._end_ids:
             return True
         stopped = False
         if r.req.stop or r.listener is not None:
@@ -961,8 +963,7 @@ class LocalLLM(LLM):
         return stopped or looped or len(r.out) >= r.max_new or position >= self.context_window
 
     def _row_result(self, r: _Row, now: float) -> Generation:
-        ends = {*self._eos_ids, self._tok.pad_token_id}
-        ended = r.out[-1] in ends
+        ended = r.out[-1] in self._end_ids
         length = len(r.out) - 1 if ended else len(r.out)
         text = self._tok.decode(r.out[:length], skip_special_tokens=True)
         for s in r.req.stop:
@@ -971,13 +972,12 @@ class LocalLLM(LLM):
                 text = text[:cut_at]
         n_out = len(r.out)
         finite = [x for x in r.logprobs[:length] if math.isfinite(x)]
-        steps = len(r.out)
         stats = GenerationStats(
             tokens_in=len(r.prompt),
             tokens_out=n_out,
             seconds=now - r.start,
             cached_tokens=r.reused,
-            batch_size=max(1, round(r.alongside / steps)),
+            batch_size=max(1, round(r.alongside / n_out)),
             ttft=r.times[0] - r.start,
             inter_token=[b - a for a, b in zip(r.times, r.times[1:])],
         )
@@ -1006,6 +1006,7 @@ class LocalLLM(LLM):
                         position_ids=torch.arange(reused, len(prefix), device=self._model.device).unsqueeze(0),
                         past_key_values=cache,
                         use_cache=True,
+                        **self._no_logits,
                     )
                 self._prefix_store(prefix, cache)
             cache.batch_repeat_interleave(rows)
@@ -1040,6 +1041,7 @@ class LocalLLM(LLM):
                         position_ids=positions[:, cached:end],
                         past_key_values=cache,
                         use_cache=True,
+                        **self._no_logits,
                     )
             cache.batch_repeat_interleave(width)
         except (AttributeError, TypeError, ValueError, NotImplementedError):

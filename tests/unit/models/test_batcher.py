@@ -189,12 +189,13 @@ def test_single_sequence_calls_join_a_continuous_batch_and_beams_wait_for_it() -
     runner.release.set()
     batcher = _Batcher(runner, 8, stream)
     results: dict[str, Any] = {}
-    threads = [threading.Thread(target=lambda r=r: results.__setitem__(r.text, batcher.submit(r))) for r in [request("a")]]
+    call = caller(batcher, results)
+    threads = [threading.Thread(target=call, args=(request("a"),))]
     threads[0].start()
     assert stream.started.wait(10)
     # while "a" decodes: plain and constrained calls with any settings, then beams, then another plain call
     for r in [request("b"), request("c", max_new_tokens=99, constraint=object()), request("d", beams=3), request("e")]:
-        threads.append(threading.Thread(target=lambda r=r: results.__setitem__(r.text, batcher.submit(r))))
+        threads.append(threading.Thread(target=call, args=(r,)))
         threads[-1].start()
         deadline = time.monotonic() + 10
         while not any(q is r for q in batcher._queue) and time.monotonic() < deadline:
