@@ -8,8 +8,11 @@ name the schema lacks, over the model's own tokenizer, so a token that carries a
 next character, or a whole ``:name``, is judged as a whole.
 
 Only the schema's own names are constrained: standard vocabularies (``rdf:``, ``rdfs:``, ``xsd:``),
-variables, literals and keywords are left to the model, and nothing inside a string literal is
-touched.
+variables, numbers and keywords are left to the model. String literals are left free too, unless the
+constraint is :meth:`~TermConstraint.grounded_in` the question and the graph values linked in it: a
+quoted literal may then only spell a piece of one of those texts (letter case aside), so the model
+cannot write a name the question never mentions, such as an example's value or a frequent one from
+its training.
 
 Example:
     >>> from ragkit.stores.base import GraphSchema, SchemaClass, SchemaProperty
@@ -24,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import bisect
+import copy
 import re
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -109,6 +113,10 @@ _HOP_ARROW = re.compile(rf"{_NODE}\s*{_REL}")
 
 
 _PREFIX_DECL = re.compile(r"(?i)\bPREFIX\s+([A-Za-z][\w\-.]*)?:\s*<([^>\s]*)>")
+_QUOTED = re.compile(r"'((?:[^'\\\n]|\\.)*)'?|\"((?:[^\"\\\n]|\\.)*)\"?")
+"""A string literal in either quote, closed or not, its text in a group."""
+_CLOSED = {q: re.compile(rf"{q}(?:[^{q}\\\n]|\\.)*{q}") for q in "'\""}
+"""A finished string literal in either quote (what :attr:`TermConstraint.blank_literals` finds open or closed)."""
 
 
 class TermConstraint:
@@ -152,6 +160,17 @@ class TermConstraint:
         self._over = over
         """Whether a partial query is over: whatever it writes next would be cut from it (Cypher: a
         read clause begun after the final ``RETURN``)."""
+        self.sources: tuple[str, ...] = ()
+        """The texts (lower case) a quoted string literal must be a piece of; empty: literals are free."""
+
+    def grounded_in(self, texts: Iterable[str]) -> TermConstraint:
+        """This constraint, with every quoted string literal drawn from ``texts``: what the query
+        writes between quotes must be a piece of one of them, letter case aside (``'ben jones'``
+        fits "directed by Ben Jones"; ``'Brady'`` fits nothing there). Give the question and the graph
+        values linked in it. IRIs, comments and Cypher's backquoted names stay free."""
+        grounded = copy.copy(self)
+        grounded.sources = tuple(dict.fromkeys(t.lower() for t in texts if t))
+        return grounded
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -233,6 +252,18 @@ class TermConstraint:
     def over(self, text: str) -> bool:
         """Whether the query ``text`` begins is over: what it writes from here on would be cut from it."""
         return self._over is not None and not self.inside_literal(text) and self._over(text)
+
+    def open_literal(self, text: str) -> tuple[str, str] | None:
+        """``(quote, written so far)`` when ``text`` ends inside a quoted string literal, else None."""
+        last = None
+        for last in self._strings.finditer(text):
+            pass
+        if last is None or last.end() != len(text) or last.group(0)[0] not in _CLOSED:
+            return None
+        written = last.group(0)
+        if _CLOSED[written[0]].fullmatch(written):
+            return None
+        return written[0], written[1:]
 
     def inside_literal(self, text: str) -> bool:
         """True when ``text`` ends inside a string literal, IRI or comment (no name can start there)."""
@@ -398,6 +429,55 @@ class _Vocab:
                 self.by_first.setdefault(s[0], []).append(i)
         self._triggered: dict[str, list[int]] = {}
         self._untriggered: dict[str, dict[str, list[int]]] = {}
+        self._in_literal: dict[str, tuple[dict[str, list[int]], dict[str, list[int]], int]] = {}
+        self._openers: list[tuple[int, list[str]]] | None = None
+
+    def literal_openers(self) -> list[tuple[int, list[str]]]:
+        """The tokens that open a quoted string literal (or hold one whole) when written outside one,
+        each with the lower-case text its literals hold (``'The`` opens one with ``the``)."""
+        if self._openers is None:
+            self._openers = []
+            for i, s in enumerate(self.strings):
+                if i not in self.special and ("'" in s or '"' in s):
+                    held = [(a or b).lower() for a, b in _QUOTED.findall(s)]
+                    if any(held):
+                        self._openers.append((i, held))
+        return self._openers
+
+    def in_literal(self, quote: str) -> tuple[dict[str, list[int]], dict[str, list[int]], int]:
+        """For a literal opened with ``quote``: the tokens without that quote by their lower-case
+        text, the tokens with it by their lower-case text before it, and the longest text of the first."""
+        if quote not in self._in_literal:
+            inside: dict[str, list[int]] = {}
+            closing: dict[str, list[int]] = {}
+            for i, s in enumerate(self.strings):
+                if not s or i in self.special:
+                    continue
+                low = s.lower()
+                cut = low.find(quote)
+                if cut < 0:
+                    inside.setdefault(low, []).append(i)
+                else:
+                    closing.setdefault(low[:cut], []).append(i)
+            self._in_literal[quote] = (inside, closing, max(map(len, inside), default=0))
+        return self._in_literal[quote]
+
+    def grounded(self, quote: str, written: str, sources: Sequence[str]) -> set[int]:
+        """Tokens that keep a literal opened with ``quote``, ``written`` so far, a piece of one of
+        ``sources`` (lower case): the ones that go on with the text after an occurrence of
+        ``written``, and the ones that close the literal there."""
+        inside, closing, longest = self.in_literal(quote)
+        low = written.lower()
+        allowed = set(closing.get("", ()))  # the literal may always end
+        for source in sources:
+            at = source.find(low)
+            while at >= 0:
+                rest = source[at + len(low) :]
+                for n in range(1, min(len(rest), longest) + 1):
+                    allowed.update(inside.get(rest[:n], ()))
+                    allowed.update(closing.get(rest[:n], ()))
+                at = source.find(low, at + 1)
+        return allowed
 
     def with_any(self, chars: str) -> list[int]:
         if chars not in self._triggered:
@@ -445,6 +525,7 @@ class TermLogitsProcessor:
         self.ended = 0
         """Rows ended because their query was over (:meth:`TermConstraint.over`): not counted as forced,
         as nothing the model wrote from there would have been kept."""
+        self._ungrounded: list[int] | None = None
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         """The scores with what the constraint rules out at -inf: a new tensor, ``scores`` is left as it
@@ -466,6 +547,16 @@ class TermLogitsProcessor:
                 scores[row].index_fill_(0, eos, 0.0)
                 self.ended += 1
                 continue
+            grounded = self._grounded(text, width)
+            if grounded is not None:
+                self.masked_steps += 1
+                keep = torch.tensor(grounded, dtype=torch.long, device=scores.device)
+                if not bool((keep == int(scores[row].argmax())).any()):
+                    self.forced += 1
+                kept = scores[row].index_select(0, keep)
+                scores[row].fill_(float("-inf"))
+                scores[row].index_copy_(0, keep, kept)
+                continue
             banned = self._banned(text, width)
             if len(banned) >= width and len(set(banned)) >= width:
                 continue  # nothing would be left: the text went somewhere the schema cannot follow; leave it free
@@ -477,16 +568,33 @@ class TermLogitsProcessor:
                 scores[row].index_fill_(0, idx, float("-inf"))
         return scores
 
+    def _ungrounded_openers(self, width: int) -> list[int]:
+        """Tokens that would open (or hold whole) a string literal that is no piece of the sources,
+        such as ``'The`` when no source holds "the": the same at every step, so found once."""
+        if self._ungrounded is None:
+            sources = self.constraint.sources
+            self._ungrounded = [i for i, held in self.vocab.literal_openers() if i < width and not all(any(h in s for s in sources) for h in held)]
+        return self._ungrounded
+
+    def _grounded(self, text: str, width: int) -> list[int] | None:
+        """When ``text`` ends inside a string literal that must stay a piece of the constraint's
+        sources: the token ids that keep it one (or close it); else None."""
+        c = self.constraint
+        literal = c.open_literal(text) if c.sources else None
+        if literal is None:
+            return None
+        return sorted(i for i in self.vocab.grounded(*literal, c.sources) if i < width)
+
     def _banned(self, text: str, width: int) -> list[int]:
         """Token ids that would make ``text`` name something the schema lacks."""
         c, v = self.constraint, self.vocab
         if c.inside_literal(text):
-            return []
+            return []  # an IRI, a comment, or a string literal (grounded ones: see _grounded)
         ctx = c.context(text)
         window = c.blank_literals(text)[-_WINDOW:]
         start = len(window)
         state = c.open_name(window, ctx)
-        banned: list[int] = []
+        banned: list[int] = list(self._ungrounded_openers(width)) if c.sources else []
         # tokens that could open a name: judged by writing them out
         for i in v.with_any(c.triggers):
             if i < width and not c.accepts(window + v.strings[i], start, ctx):

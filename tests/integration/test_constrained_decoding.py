@@ -74,3 +74,23 @@ def test_a_cypher_query_that_goes_on_after_its_final_return_is_ended_and_counted
     ended = float32_llm.generate(messages, max_new_tokens=60, constraint=constraint)
     assert ended.stats.ended_rows == 1
     assert ended.text.count("RETURN") == 1 and ended.stats.tokens_out < free.stats.tokens_out
+
+
+def test_grounded_literals_are_pieces_of_the_question_or_its_linked_values(float32_llm: LocalLLM, schema) -> None:  # type: ignore[no-untyped-def]
+    """The prompt dictates a title the question never mentions: grounded, the model cannot spell it."""
+    import re
+
+    messages = [
+        ChatMessage(role="system", content="You write SPARQL. Prefix: PREFIX lib: <http://example.org/library/>"),
+        ChatMessage(role="user", content="Write a SPARQL query that selects ?b where ?b lib:title 'The Hollow Crown'. Reply with the query only."),
+    ]
+    sources = ["Which books did Ada Quill write?", "Ada Quill"]
+    constraint = TermConstraint.for_schema(schema.graph_schema)
+    assert constraint is not None
+    literals = re.compile(r"'((?:[^'\\\n]|\\.)*)'")
+    free = float32_llm.generate(messages, max_new_tokens=48, constraint=constraint).text
+    assert any("Hollow Crown" in w for w in literals.findall(free)), free  # the control: it spells what the prompt says
+    grounded = float32_llm.generate(messages, max_new_tokens=48, constraint=constraint.grounded_in(sources))
+    # it writes the question's name or no literal at all, and the constraint had to overrule it to
+    assert all(any(w.lower() in s.lower() for s in sources) for w in literals.findall(grounded.text)), grounded.text
+    assert grounded.stats.forced_tokens > 0

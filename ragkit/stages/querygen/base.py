@@ -22,7 +22,9 @@ question.
 
 With ``constrained`` (the default) every one of them is decoded under a
 :class:`~ragkit.query.constrain.TermConstraint`: where the query names a class, property, label,
-relationship type or property key, the model can only spell one the graph's schema has.
+relationship type or property key, the model can only spell one the graph's schema has. With
+``ground_literals`` (the default, under ``constrained``) a quoted string literal can only spell a piece
+of the question or of a graph value linked in it.
 
 Given the ``previous`` input (another generator's output), a generator is a *fallback*: when one of
 the previous candidates is good it is passed on and nothing is generated; otherwise this generator's
@@ -130,6 +132,7 @@ class QueryGenerator(Stage):
         instructions: str | None = None,
         constrained: bool = True,
         selection: str = "first",
+        ground_literals: bool = True,
     ) -> None:
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, not {selection!r}")
@@ -149,6 +152,7 @@ class QueryGenerator(Stage):
         self.instructions = instructions or self.default_instructions
         self.constrained = constrained
         self.selection = selection
+        self.ground_literals = ground_literals
 
     # -- language-specific --------------------------------------------------------------------
     def postprocess(self, text: str, schema: GraphSchema) -> str:
@@ -201,6 +205,8 @@ class QueryGenerator(Stage):
         messages = self.messages(question, schema_text, examples or [], entities)
         self._note_prompt(messages, schema_text)
         constraint = TermConstraint.for_schema(graph_schema) if self.constrained else None
+        if constraint is not None and self.ground_literals:
+            constraint = constraint.grounded_in([question, *(entities.values if entities else [])])
         seen = {" ".join(c.query.split()) for c in candidates}
         forced, ended = self._collect(messages, 1, graph_schema, candidates, seen, "greedy", constraint)
         # Beams when the greedy query fails, and also when the constraint had to overrule the

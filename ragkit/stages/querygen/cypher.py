@@ -49,6 +49,9 @@ class CypherQueryGenerator(QueryGenerator):
             tokenizer), so no candidate names a term the graph lacks; ``false`` for the ablation.
         selection: ``first`` (the default): the first good candidate, made lazily; ``vote``: always
             make the beams, and prefer the rows most good candidates agree on (needs a store).
+        ground_literals: with ``constrained``, a quoted string literal may only spell a piece of the
+            question or of a graph value the entity linker found in it (letter case aside); ``false``
+            leaves literals to the model.
     """
 
     language = "cypher"

@@ -288,3 +288,42 @@ def test_the_processor_leaves_the_scores_it_is_given_as_they_are(sparql: TermCon
     out = proc(torch.tensor([[tok.pieces.index(p) for p in _split("?b a :ban", tok)]]), given)
     assert bool((out == float("-inf")).any())
     assert not bool((given == float("-inf")).any())
+
+
+def test_open_literal_says_which_quote_and_what_is_written(sparql: TermConstraint, cypher: TermConstraint) -> None:
+    assert sparql.open_literal("FILTER(?n = 'Ben J") == ("'", "Ben J")
+    assert sparql.open_literal('FILTER(?n = "') == ('"', "")
+    assert sparql.open_literal("FILTER(?n = 'Ben') ") is None and sparql.open_literal("FILTER(?n = 'Ben'") is None
+    assert sparql.open_literal("FILTER(?n = 'it\\'s") == ("'", "it\\'s")  # an escaped quote does not close it
+    assert sparql.open_literal("PREFIX : <http://exa") is None  # an IRI
+    assert sparql.open_literal("?b :band\\#name ?n # a com") is None  # a comment
+    assert cypher.open_literal("MATCH (p:Person {name: 'Tom") == ("'", "Tom")
+    assert cypher.open_literal("RETURN p.name AS `the na") is None  # a backquoted name
+
+
+LITERAL_PIECES = ["a", "FILTER(?n = ", "'", "')", "Ben", " Jones", " Smith", "ben", "B", "rady", "en", " J", "ones", " .", "\n", "Bob", "jones", "'Br", "'Ben"]
+
+
+def test_grounded_literals_spell_only_pieces_of_the_question_and_linked_values(sparql: TermConstraint) -> None:
+    tok = _Tokenizer(LITERAL_PIECES)
+    grounded = sparql.grounded_in(["List the cartoons directed by Ben Jones.", "Bob Burgers"])
+    proc = TermLogitsProcessor(grounded, tok, prompt_length=0, eos_ids=[0])
+    allowed = _allowed(proc, tok, "FILTER(?n = '")
+    assert {"Ben", "ben", "B", "'", "')", " J", "Bob"} <= allowed  # a piece of either text, any letter case
+    assert not {"rady", " Smith", "<eos>", "\n"} & allowed  # 'rady' is no piece of either; a query cannot end inside a literal
+    allowed = _allowed(proc, tok, "FILTER(?n = 'Ben")
+    assert {" Jones", " J", "')", "'"} <= allowed and not {" Smith", "en", "jones"} & allowed
+    assert _allowed(proc, tok, "FILTER(?n = 'B") >= {"en"} and "rady" not in _allowed(proc, tok, "FILTER(?n = 'B")
+    # a token that opens a literal and writes into it is judged by what it writes
+    allowed = _allowed(proc, tok, "FILTER(?n = ")
+    assert "'Ben" in allowed and "'Br" not in allowed and {"'", "rady"} <= allowed
+    assert "rady" in _allowed(proc, tok, "FILTER(?n = 'Ben')")  # outside the literal: free
+    free = TermLogitsProcessor(sparql, tok, prompt_length=0, eos_ids=[0])
+    assert {"rady", " Smith", "<eos>"} <= _allowed(free, tok, "FILTER(?n = 'B")  # without sources (the default) literals are free
+
+
+def test_a_literal_the_sources_do_not_hold_may_still_end(sparql: TermConstraint) -> None:
+    # a literal written before grounding (e.g. in a repair prompt's text) is no piece of any source: it may only close
+    tok = _Tokenizer([p for p in LITERAL_PIECES if not p.startswith("'B")])
+    proc = TermLogitsProcessor(sparql.grounded_in(["nothing here"]), tok, prompt_length=0, eos_ids=[0])
+    assert _allowed(proc, tok, "FILTER(?n = 'Brady") == {"'", "')"}

@@ -435,6 +435,17 @@ def test_generation_is_constrained_to_the_schema_by_default(schema: Any) -> None
     assert not c.accepts("SELECT ?c WHERE { tiny:ann tiny:livesAt ?c }")
 
 
+def test_string_literals_are_grounded_in_the_question_and_its_linked_values(schema: Any) -> None:
+    llm = ScriptedLLM(responses=[GOOD])
+    mentions = [EntityMention(span="the capital", value="Roma Capitale", property=f"{TINY}label")]
+    generate(SparqlQueryGenerator(llm=llm, store=TinyGraphStore()), schema, question="Who lives in the capital?", entities=LinkedEntities(mentions=mentions))
+    c = llm.constraints[0]
+    assert c.sources == ("who lives in the capital?", "roma capitale")
+    llm = ScriptedLLM(responses=[GOOD])
+    generate(SparqlQueryGenerator(llm=llm, store=TinyGraphStore(), ground_literals=False), schema)
+    assert llm.constraints[0] is not None and llm.constraints[0].sources == ()  # names still constrained; literals free
+
+
 def test_constraint_can_be_turned_off(schema: Any) -> None:
     llm = ScriptedLLM(responses=[GOOD])
     generate(SparqlQueryGenerator(llm=llm, store=TinyGraphStore(), constrained=False), schema)
