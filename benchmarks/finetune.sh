@@ -10,6 +10,8 @@
 #   bash benchmarks/finetune.sh train-long-cypher   # the same over every passing text2cypher pair of the other graphs (~700 steps; resumable)
 #   bash benchmarks/finetune.sh train-kfold-movies   # 5-fold on the movies graph's own bank, under the evaluation protocol (~1 h)
 #   bash benchmarks/finetune.sh train-kfold-spider   # the same on each Spider dev graph's own questions, from the train-fast adapter
+#   bash benchmarks/finetune.sh train-rag-long       # the train-long adapter on, with 2 retrieved examples in its prompts (~1 h 40 min)
+#   bash benchmarks/finetune.sh train-kfold-movies-rag   # train-kfold-movies with 2 retrieved examples in its prompts
 #   bash benchmarks/finetune.sh train        # the real training runs (hours on a CPU; use a quiet machine)
 #   bash benchmarks/finetune.sh eval         # retrieval alone / fine-tuning alone / both
 #
@@ -104,6 +106,23 @@ train-kfold-spider)
     --init-adapter adapters/spider4sparql-sparql-noex --mixed-precision bf16 --threads "$THREADS" --save-every 20 \
     --no-share-prefix --output adapters/spider4sparql-sparql-5fold
   ;;
+train-rag-long)
+  # Fine-tuning AND retrieval, matched: the finished train-long adapter goes on for 130 steps over 1,100
+  # sampled Spider train pairs, each prompt holding the 2 pairs of its own train graph whose questions share
+  # most words with it (never an equivalent of the pair), as the RAG pipeline holds its 2 retrieved examples.
+  # ~45 s a step in bf16 on the 2 cores (~1 h 40 min). Evaluate with
+  # benchmarks/pipelines/ablations/sparql_finetuned_rag_long_fast.yaml.
+  "$RAGKIT" finetune --train "$DATA/spider4sparql/train.jsonl" --language sparql --examples 2 --max-length 1024 \
+    --limit 1100 --max-steps 130 --batch-size 4 --grad-accum 2 --lr 2e-4 --init-adapter adapters/spider4sparql-sparql-noex-long \
+    --mixed-precision bf16 --threads "$THREADS" --save-every 10 --output adapters/spider4sparql-sparql-rag-long
+  ;;
+train-kfold-movies-rag)
+  # train-kfold-movies with 2 retrieved examples in each training prompt (from what the fold may see), for
+  # the retrieval-and-fine-tuning pipeline ablations/cypher_finetuned_kfold_rag.yaml (2 retrieved examples).
+  "$RAGKIT" finetune --bank "$DATA/movies/questions.jsonl" --graph "$DATA/movies/graphs" --folds 5 \
+    --language cypher --examples 2 --max-length 1024 --epochs 3 --batch-size 4 --grad-accum 2 --lr 6e-4 \
+    --rank 16 --alpha 32 --mixed-precision bf16 --threads "$THREADS" --save-every 20 --no-share-prefix --output adapters/movies-cypher-5fold-rag
+  ;;
 train)
   # SPARQL: with 2 retrieved examples in each prompt (for the RAG+FT pipeline) and without (FT alone).
   "$RAGKIT" finetune --train "$DATA/spider4sparql/train.jsonl" --language sparql --examples 2 \
@@ -126,7 +145,7 @@ eval)
     --report "$OUT/finetune_movies.json"
   ;;
 *)
-  echo "usage: $0 throughput|step-time|train-fast|train-fast-cypher|train-long|train-long-cypher|train-kfold-movies|train-kfold-spider|train|eval" >&2
+  echo "usage: $0 throughput|step-time|train-fast|train-fast-cypher|train-long|train-long-cypher|train-kfold-movies|train-kfold-spider|train-rag-long|train-kfold-movies-rag|train|eval" >&2
   exit 2
   ;;
 esac
