@@ -578,12 +578,13 @@ class TermLogitsProcessor:
 
     def _grounded(self, text: str, width: int) -> list[int] | None:
         """When ``text`` ends inside a string literal that must stay a piece of the constraint's
-        sources: the token ids that keep it one (or close it); else None."""
+        sources: the token ids that keep it one (or close it); else None (also when no token would:
+        a vocabulary without a bare closing quote leaves the literal free)."""
         c = self.constraint
         literal = c.open_literal(text) if c.sources else None
         if literal is None:
             return None
-        return sorted(i for i in self.vocab.grounded(*literal, c.sources) if i < width)
+        return sorted(i for i in self.vocab.grounded(*literal, c.sources) if i < width) or None
 
     def _banned(self, text: str, width: int) -> list[int]:
         """Token ids that would make ``text`` name something the schema lacks."""
