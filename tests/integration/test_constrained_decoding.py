@@ -91,6 +91,6 @@ def test_grounded_literals_are_pieces_of_the_question_or_its_linked_values(float
     free = float32_llm.generate(messages, max_new_tokens=48, constraint=constraint).text
     assert any("Hollow Crown" in w for w in literals.findall(free)), free  # the control: it spells what the prompt says
     grounded = float32_llm.generate(messages, max_new_tokens=48, constraint=constraint.grounded_in(sources))
-    # it writes the question's name or no literal at all, and the constraint had to overrule it to
+    # it writes a piece of the question, or no literal at all; the constraint had to overrule the model for that
     assert all(any(w.lower() in s.lower() for s in sources) for w in literals.findall(grounded.text)), grounded.text
     assert grounded.stats.forced_tokens > 0

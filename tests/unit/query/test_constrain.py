@@ -323,7 +323,7 @@ def test_grounded_literals_spell_only_pieces_of_the_question_and_linked_values(s
 
 
 def test_a_literal_the_sources_do_not_hold_may_still_end(sparql: TermConstraint) -> None:
-    # a literal written before grounding (e.g. in a repair prompt's text) is no piece of any source: it may only close
+    # a literal that is already no piece of any source (a step where the constraint had to leave the text free) may only close
     tok = _Tokenizer([p for p in LITERAL_PIECES if not p.startswith("'B")])
     proc = TermLogitsProcessor(sparql.grounded_in(["nothing here"]), tok, prompt_length=0, eos_ids=[0])
     assert _allowed(proc, tok, "FILTER(?n = 'Brady") == {"'", "')"}
