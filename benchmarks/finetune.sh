@@ -110,7 +110,7 @@ train-rag-long)
   # Fine-tuning AND retrieval, matched: the finished train-long adapter goes on for 130 steps over 1,100
   # sampled Spider train pairs, each prompt holding the 2 pairs of its own train graph whose questions share
   # most words with it (never an equivalent of the pair), as the RAG pipeline holds its 2 retrieved examples.
-  # ~45 s a step in bf16 on the 2 cores (~1 h 40 min). Evaluate with
+  # 27 to 30 s a step in bf16 on the 2 cores when nothing else runs (about 1 h). Evaluate with
   # benchmarks/pipelines/ablations/sparql_finetuned_rag_long_fast.yaml.
   "$RAGKIT" finetune --train "$DATA/spider4sparql/train.jsonl" --language sparql --examples 2 --max-length 1024 \
     --limit 1100 --max-steps 130 --batch-size 4 --grad-accum 2 --lr 2e-4 --init-adapter adapters/spider4sparql-sparql-noex-long \
