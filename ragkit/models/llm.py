@@ -409,7 +409,8 @@ class LocalLLM(LLM):
             Models whose cache is not plain growing layers (sliding windows) always use fixed batches.
         max_repeats: end a sequence once its last tokens are one block of 1 to 32 tokens written this many
             times in a row, over 24 tokens at least (see :func:`looping`): a small model decoding greedily can loop until ``max_new_tokens``, and in a
-            batch every other prompt waits for it. 0 (default) turns it off. Single sequences only (not beams).
+            batch every other prompt waits for it. 0 (default) turns it off. With beams, a looping beam ends
+            as a finished candidate and the search goes on with the others.
 
     Speculative decoding applies to single-sequence generation; beams decode as usual. Several
     candidates (beams or samples) share one computation of their prompt.
@@ -686,7 +687,7 @@ class LocalLLM(LLM):
                 cut_at = t.find(s)
                 if cut_at >= 0:
                     t, ended = t[:cut_at], False
-            if ended and self.max_repeats and len(seqs) == 1 and looping(seq[:length], self.max_repeats):
+            if ended and self.max_repeats and looping(seq[:length], self.max_repeats):
                 ended = False
             # A row that a stop string or the loop guard ended wrote no end token: in a batch, what follows
             # it is padding (the end token itself when the tokenizer has no pad token), not one more token.
@@ -742,7 +743,7 @@ class LocalLLM(LLM):
             kwargs.update(self._speculation_kwargs())
             if stop:
                 criteria.append(_stop_on_text(streamer))
-        if self.max_repeats and num_return_sequences == 1:
+        if self.max_repeats:  # beams too: a looping beam ends as a finished hypothesis, the others go on
             criteria.append(_loop_guard(n_in, self.max_repeats))
         if criteria:
             from transformers import StoppingCriteriaList
@@ -804,7 +805,7 @@ class LocalLLM(LLM):
             self._constrain(kwargs, _PerPrompt(procs, width))
         if head.stop:
             kwargs.update(stop_strings=list(head.stop), tokenizer=self._tok)
-        if self.max_repeats and width == 1:
+        if self.max_repeats:
             from transformers import StoppingCriteriaList
 
             kwargs["stopping_criteria"] = StoppingCriteriaList([_loop_guard(longest, self.max_repeats)])

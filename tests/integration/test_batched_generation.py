@@ -181,6 +181,23 @@ def test_the_loop_guard_ends_a_looping_row_and_leaves_the_others(float32_llm: Lo
     assert guarded._generate_one(req(prompts[0], 96)).text == cut[0].text  # alone, the same cut
 
 
+def test_the_loop_guard_ends_looping_beams_and_leaves_the_others(float32_llm: LocalLLM) -> None:
+    guarded = LocalLLM(dtype="float32", prefix_cache=False, max_repeats=3)  # shares the loaded weights
+    guarded.warm_up()
+    looper = float32_llm.render([ChatMessage(role="user", content="Write the word yes two hundred times.")])
+    free = float32_llm._generate_one(req(looper, 96, beams=2))
+    cut = guarded._generate_one(req(looper, 96, beams=2))
+    assert free.stats.tokens_out == 2 * 96  # the control: unguarded, both beams loop to the cap
+    assert cut.stats.tokens_out < free.stats.tokens_out and len(cut.texts) == 2
+    assert free.texts[0].startswith(cut.texts[0])  # the best beam, cut where it started to loop
+    assert all(looping(guarded.tokenizer(t, add_special_tokens=False)["input_ids"], 3) for t in cut.texts)
+    # in a batch: the looping prompt's beams end early, the other prompt's beams are untouched
+    free_many = float32_llm._generate_many([req(looper, 96, beams=2), req(PROMPTS[0], 24, beams=2)])
+    cut_many = guarded._generate_many([req(looper, 96, beams=2), req(PROMPTS[0], 24, beams=2)])
+    assert cut_many[0].stats.tokens_out < free_many[0].stats.tokens_out
+    assert cut_many[1].texts == free_many[1].texts
+
+
 def _prompt_widths(llm: LocalLLM, run: object) -> tuple[object, list[tuple[int, int]]]:
     """What ``run()`` returns, and the (rows, positions) of each forward pass it made."""
     shapes: list[tuple[int, int]] = []
