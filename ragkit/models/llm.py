@@ -397,16 +397,16 @@ class LocalLLM(LLM):
             (refused when it was trained for another base model). See :mod:`ragkit.models.adapters`.
         merge_adapter: merge the adapter into the weights (as fast as the base model) or keep it apart.
         max_batch: calls that arrive while the model is busy wait, and are decoded together, up to this
-            many prompts at once (single-sequence calls by continuous batching, below; several-candidate
-            calls with the same settings as one padded batch): on a CPU a batch of 8 gives several times the
+            many prompts at once (single-sequence calls and beam searches by continuous batching, below;
+            several samples with the same settings as one padded batch): on a CPU a batch of 8 gives several times the
             tokens per second of one prompt. A call that finds the model idle starts at once. 1 decodes
             one call at a time. Streaming calls are batched too, each row's text going to its own caller's
             listener; calls that use speculative decoding are never batched.
         continuous_batching: single-sequence calls (greedy or sampled, constrained or not, any
             settings) share the batch step by step: a row that ends returns at once and a waiting call
-            takes its place, so no call waits for the longest one of a fixed batch. Several-candidate calls
-            (beams) still decode as fixed batches by settings. False decodes every batch as a fixed one.
-            Models whose cache is not plain growing layers (sliding windows) always use fixed batches.
+            takes its place, so no call waits for the longest one of a fixed batch. Beam searches join
+            too, one row a beam; several samples decode as fixed batches by settings. False decodes
+            every batch as a fixed one. Models whose cache is not plain growing layers (sliding windows) always use fixed batches.
         max_repeats: end a sequence once its last tokens are one block of 1 to 32 tokens written this many
             times in a row, over 24 tokens at least (see :func:`looping`): a small model decoding greedily can loop until ``max_new_tokens``, and in a
             batch every other prompt waits for it. 0 (default) turns it off. With beams, a looping beam ends
@@ -859,9 +859,10 @@ class LocalLLM(LLM):
         mask = pos = nxt = None
         waiting = list(calls)
         while True:
-            if len(rows) + len(waiting) < self.max_batch:
-                waiting += admit(self.max_batch - len(rows) - len(waiting))
-            joined: list[tuple[_Row, Any]] = []
+            taken = len(rows) + sum(r.num_return_sequences for r in waiting)
+            if taken < self.max_batch:
+                waiting += admit(self.max_batch - taken)
+            joined: list[tuple[list[_Row], Any]] = []
             for req in waiting:
                 try:
                     row = self._join(req)
@@ -871,11 +872,11 @@ class LocalLLM(LLM):
                 except Exception as e:  # this call's own problem (a prompt the model refuses): the others go on
                     deliver(req, e)
                     continue
-                joined.append(row)
+                joined.append(self._beam_rows(*row) if req.num_return_sequences > 1 else ([row[0]], row[1]))
             waiting = []
             if joined:
                 cache, mask, pos, nxt = _merge_rows(cache, mask, pos, nxt, joined)
-                rows += [r for r, _ in joined]
+                rows += [r for rs, _ in joined for r in rs]
             if not rows:
                 return
             mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
@@ -894,8 +895,28 @@ class LocalLLM(LLM):
                 tokens = _pick(scores, [r.req.temperature for r in rows])
                 # scored by the model's own distribution: a forced token keeps the probability the model gave it
                 logprobs = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None])[:, 0].tolist()
+                # a beam search's rows: its best continuations, each from the row (beam) it goes on from
+                source = list(range(len(rows)))
+                groups: dict[int, list[int]] = {}
+                for i, r in enumerate(rows):
+                    if r.beams is not None:
+                        groups.setdefault(id(r.beams), []).append(i)
+                done: set[int] = set()
+                for members in groups.values():
+                    beams = rows[members[0]].beams
+                    assert beams is not None
+                    parents, chosen, over = beams.step(logits[members], now, len(rows), self)
+                    for i, parent, t in zip(members, parents, chosen):
+                        source[i], tokens[i] = members[parent], t
+                    if over:
+                        deliver(beams.req, beams.result(now, self))
+                        done.update(members)
             keep = []
             for i, (r, t, lp) in enumerate(zip(rows, tokens.tolist(), logprobs)):
+                if r.beams is not None:
+                    if i not in done:
+                        keep.append(i)
+                    continue
                 r.out.append(t)
                 r.logprobs.append(lp)
                 r.times.append(now)
@@ -904,18 +925,38 @@ class LocalLLM(LLM):
                     deliver(r.req, self._row_result(r, now))
                 else:
                     keep.append(i)
-            if len(keep) < len(rows):
+            if len(keep) < len(rows) or any(source[i] != i for i in keep):
                 rows = [rows[i] for i in keep]
                 if not rows:
                     cache = mask = pos = nxt = None
                     continue
-                index = torch.tensor(keep, device=mask.device)
+                index = torch.tensor([source[i] for i in keep], device=mask.device)
                 cache.batch_select_indices(index)
-                mask, pos, nxt = mask[index], pos[index], tokens[index]
+                mask, pos, nxt = mask[index], pos[index], tokens[torch.tensor(keep, device=mask.device)]
                 cache, mask = _trim_rows(cache, mask)
                 pos = pos + 1
             else:
                 nxt, pos = tokens, pos + 1
+
+    def _beam_rows(self, row: _Row, cache: Any) -> tuple[list[_Row], Any]:
+        """The rows of a beam-search call that joins a continuous batch: its prompt's cache, once per beam."""
+        import dataclasses
+
+        width = row.req.num_return_sequences
+        config = self._model.generation_config
+        beams = _Beams(
+            req=row.req,
+            prompt=row.prompt,
+            start=row.start,
+            max_new=row.max_new,
+            reused=row.reused,
+            proc=row.proc,
+            length_penalty=float(config.length_penalty if config.length_penalty is not None else 1.0),
+            early_stopping=config.early_stopping if config.early_stopping is not None else False,
+            keep=max(2, 1 + len(self._eos_ids)) * width,
+        )
+        cache.batch_repeat_interleave(width)
+        return [dataclasses.replace(row, proc=None, listener=None, beams=beams, out=[], logprobs=[], times=[]) for _ in range(width)], cache
 
     def _join(self, req: _Request) -> tuple[_Row, Any] | None:
         """A new row for ``req``: its prompt's key/value cache (all but the last token, which the next
@@ -1086,8 +1127,9 @@ class _Batcher:
     With ``stream`` set, single-sequence calls are decoded continuously instead:
     ``stream(calls, admit, deliver)`` decodes ``calls`` step by step, hands each finished call's result to
     ``deliver(call, result)`` at once, and takes more waiting calls from ``admit(room)`` into the rows
-    that have ended. ``admit`` hands over no more once a call with several sequences is oldest in the
-    queue, so that call waits for the rows in flight, not for every later call.
+    that have ended. Beam searches decode continuously too, one row a beam. ``admit`` hands over no more
+    once a call with several samples is oldest in the queue, so that call waits for the rows in flight,
+    not for every later call.
     """
 
     def __init__(self, run: Any, max_batch: int, stream: Any = None) -> None:
@@ -1114,7 +1156,8 @@ class _Batcher:
         return result  # type: ignore[no-any-return]
 
     def _streams(self, req: _Request) -> bool:
-        return self._stream is not None and req.num_return_sequences == 1
+        """Whether ``req`` decodes continuously: one sequence, or beams (not several samples)."""
+        return self._stream is not None and (req.num_return_sequences == 1 or req.temperature <= 0)
 
     def _take(self, batch: list[_Request]) -> list[_Request]:
         """Moves ``batch`` from the queue to the calls in flight (the lock is held)."""
@@ -1123,12 +1166,16 @@ class _Batcher:
         return batch
 
     def _leading(self, room: int) -> list[_Request]:
-        """Up to ``room`` calls from the head of the queue that decode continuously (the lock is held)."""
+        """Calls from the head of the queue that decode continuously, up to ``room`` rows (a beam search
+        takes one row a beam; one wider than the whole batch goes alone). The lock is held."""
         batch: list[_Request] = []
+        used = 0
         for r in self._queue:
-            if len(batch) >= room or not self._streams(r):
+            width = r.num_return_sequences
+            if not self._streams(r) or (used + width > room and (batch or room < self.max_batch)):
                 break
             batch.append(r)
+            used += width
         return self._take(batch)
 
     def _admit(self, room: int) -> list[_Request]:
@@ -1291,12 +1338,121 @@ class _Row:
     times: list[float] = field(default_factory=list)
     alongside: int = 0
     """Rows decoded in the same steps as this one, summed over its steps."""
+    beams: _Beams | None = None
+    """The beam search this row is one beam of (its tokens are kept there, not in ``out``)."""
 
 
-def _merge_rows(cache: Any, mask: Any, pos: Any, nxt: Any, joined: list[tuple[_Row, Any]]) -> tuple[Any, Any, Any, Any]:
+@dataclass
+class _Beams:
+    """A beam-search call in flight under continuous batching.
+
+    Its beams are rows of the batch. Each step keeps the best continuations as transformers' beam search
+    does (``_beam_search``): log-probabilities through the logits processor, the top ``keep`` of all
+    beams' continuations, a continuation that meets an end (end token, length, stop string, loop guard)
+    becomes a finished candidate when it ranks among the first ``width``, with the length penalty, and the
+    search ends by the same early-stopping heuristic. So the candidates are the ones ``generate`` gives.
+    """
+
+    req: _Request
+    prompt: list[int]
+    start: float
+    max_new: int
+    reused: int
+    proc: Any
+    length_penalty: float
+    early_stopping: bool | str
+    keep: int
+    outs: list[list[int]] = field(default_factory=list)
+    raw: list[list[float]] = field(default_factory=list)
+    """Each beam's tokens' log-probabilities under the model's own distribution (what ranks candidates)."""
+    scores: list[float] = field(default_factory=list)
+    finished: list[tuple[float, list[int], list[float]]] = field(default_factory=list)
+    improvable: bool = True
+    steps: int = 0
+    alongside: int = 0
+
+    @property
+    def width(self) -> int:
+        return self.req.num_return_sequences
+
+    def __post_init__(self) -> None:
+        # every beam starts as the prompt; only the first one's continuations count at the first step
+        self.outs = [[] for _ in range(self.width)]
+        self.raw = [[] for _ in range(self.width)]
+        self.scores = [0.0] + [-1.0e9] * (self.width - 1)
+
+    def _ends(self, seq: list[int], llm: LocalLLM) -> bool:
+        if seq[-1] in llm._eos_ids or len(seq) >= self.max_new:
+            return True
+        if self.req.stop and _text_so_far(llm._tok, seq, self.req.stop)[1]:
+            return True
+        return bool(llm.max_repeats) and looping(seq, llm.max_repeats)
+
+    def step(self, logits: Any, now: float, alongside: int, llm: LocalLLM) -> tuple[list[int], list[int], bool]:
+        """One step over this search's rows' ``logits``: for each row, the beam it goes on from and its
+        next token, and whether the search is over."""
+        import torch
+
+        raw = torch.log_softmax(logits, dim=-1)
+        processed = raw if self.proc is None else self.proc(torch.tensor(self.outs, dtype=torch.long).reshape(self.width, -1), raw.clone())
+        vocab = raw.shape[-1]
+        total = processed + torch.tensor(self.scores, dtype=processed.dtype, device=processed.device)[:, None]
+        top_scores, top_index = torch.topk(total.reshape(-1), k=self.keep)
+        candidates = []
+        for rank, (score, index) in enumerate(zip(top_scores.tolist(), top_index.tolist())):
+            beam, token = divmod(index, vocab)
+            seq = self.outs[beam] + [token]
+            candidates.append((rank, score, beam, token, seq, self._ends(seq, llm)))
+        # candidates that end, among the first ``width``, join the finished ones (with the length penalty)
+        if self.improvable and not (self.early_stopping is True and len(self.finished) >= self.width):
+            generated = len(self.outs[0]) + 1
+            new = [
+                (score / (generated**self.length_penalty), seq, self.raw[beam] + [float(raw[beam, token])])
+                for rank, score, beam, token, seq, ends in candidates
+                if ends and rank < self.width
+            ]
+            if new:
+                # stable: on a tie the earlier finished candidate stays ahead, as in transformers' top-k
+                self.finished = sorted(self.finished + new, key=lambda c: -c[0])[: self.width]
+        # the best continuations that did not end go on (ended ones only fill up, far behind)
+        running = sorted(candidates, key=lambda c: -(c[1] - (1.0e9 if c[5] else 0.0)))[: self.width]
+        over = all(c[5] for c in candidates)  # every continuation ended: nothing left to go on with
+        if not over:
+            self.outs = [c[4] for c in running]
+            self.raw = [self.raw[c[2]] + [float(raw[c[2], c[3]])] for c in running]
+            self.scores = [c[1] - (1.0e9 if c[5] else 0.0) for c in running]
+        self.steps += 1
+        self.alongside += alongside
+        if not over:
+            length = self.max_new if self.early_stopping == "never" and self.length_penalty > 0 else len(self.outs[0])
+            best = self.scores[0] / (length**self.length_penalty)
+            self.improvable = self.improvable and (len(self.finished) < self.width or best > min(c[0] for c in self.finished))
+            over = not self.improvable or (self.early_stopping is True and len(self.finished) >= self.width)
+        return [c[2] for c in running], [c[3] for c in running], over
+
+    def result(self, now: float, llm: LocalLLM) -> Generation:
+        import torch
+
+        best = sorted(self.finished, key=lambda c: -c[0])[: self.width]
+        texts, scores, n_out = llm._decode([c[1] for c in best], [torch.tensor(c[2]) for c in best], self.req.stop)
+        seconds = now - self.start
+        stats = GenerationStats(
+            tokens_in=len(self.prompt) * self.width,
+            tokens_out=n_out,
+            seconds=seconds,
+            cached_tokens=self.reused,
+            batch_size=max(1, round(self.alongside / max(1, self.steps))),
+            ttft=seconds if n_out else None,
+        )
+        if self.proc is not None:
+            stats.forced_tokens, stats.ended_rows = self.proc.forced, self.proc.ended
+        return Generation(texts=tuple(texts), scores=tuple(scores), stats=stats)
+
+
+def _merge_rows(cache: Any, mask: Any, pos: Any, nxt: Any, joined: list[tuple[list[_Row], Any]]) -> tuple[Any, Any, Any, Any]:
     """The rows in flight (``cache``, its ``mask``, positions and next tokens; None when there are none)
-    with the ``joined`` rows below them, every row left-padded to the widest. Each joined cache holds at
-    least one position."""
+    with the ``joined`` rows below them, every row left-padded to the widest. Each joined cache holds
+    one batch row per row it comes with (a beam search's beams share a prompt), and at least one position."""
     import torch
 
     caches = ([cache] if cache is not None else []) + [c for _, c in joined]
@@ -1313,9 +1469,12 @@ def _merge_rows(cache: Any, mask: Any, pos: Any, nxt: Any, joined: list[tuple[_R
             setattr(caches[0].layers[layer], kind, torch.cat(tensors, dim=0))
     device = caches[0].layers[0].keys.device
     masks = [] if mask is None else [torch.cat([mask.new_zeros(mask.shape[0], width - widths[0]), mask], dim=1)]
-    masks += [torch.tensor([[0] * (width - w) + [1] * w], dtype=torch.long, device=device) for w in widths[len(caches) - len(joined) :]]
-    new_pos = torch.tensor([len(r.prompt) - 1 for r, _ in joined], dtype=torch.long, device=device)
-    new_nxt = torch.tensor([r.prompt[-1] for r, _ in joined], dtype=torch.long, device=device)
+    masks += [
+        torch.tensor([[0] * (width - w) + [1] * w] * len(rs), dtype=torch.long, device=device)
+        for (rs, _), w in zip(joined, widths[len(caches) - len(joined) :])
+    ]
+    new_pos = torch.tensor([len(r.prompt) - 1 for rs, _ in joined for r in rs], dtype=torch.long, device=device)
+    new_nxt = torch.tensor([r.prompt[-1] for rs, _ in joined for r in rs], dtype=torch.long, device=device)
     return (
         caches[0],
         torch.cat(masks, dim=0),

@@ -294,3 +294,40 @@ def test_fixed_batches_when_continuous_batching_is_off(float32_llm: LocalLLM) ->
     fixed = LocalLLM(dtype="float32", prefix_cache=False, continuous_batching=False)
     fixed.warm_up()
     assert fixed._batcher._stream is None and float32_llm._batcher._stream is not None
+
+
+def test_beam_searches_decode_in_the_continuous_batch_as_they_do_alone(float32_llm: LocalLLM) -> None:
+    """Beams as rows of the continuous batch, next to single rows that join and leave: each beam search
+    gives the candidates, scores and counts that transformers' beam search gives it alone."""
+    llm = LocalLLM(dtype="float32", prefix_cache=True, max_batch=6, max_repeats=3)  # shares the loaded weights
+    llm.warm_up()
+    schema = GraphSchemaReader(store=OxigraphStore(path=str(GRAPH))).run(question="Who wrote which book?").graph_schema
+    constraint = TermConstraint.for_schema(schema)
+    baits = [llm.render(bait(b)) for b in BAITS]
+    looper = llm.render([ChatMessage(role="user", content="Write the word yes two hundred times.")])
+    calls = [
+        req(baits[0], 40, beams=2, constraint=constraint),
+        req(PROMPTS[1], 40),
+        req(baits[1], 40, beams=3, constraint=constraint),  # from the prefix cache, next to the first
+        req(looper, 64, beams=2),  # the loop guard ends its beams
+        req(PROMPTS[2], 30, beams=2),
+    ]
+    queue, steps, got = list(calls[1:]), [0], {}
+
+    def admit(room: int) -> list[_Request]:
+        steps[0] += 1
+        if queue and steps[0] % 3 == 0 and queue[0].num_return_sequences <= room:
+            return [queue.pop(0)]
+        return []
+
+    _, shapes = _prompt_widths(llm, lambda: llm._decode_continuously(calls[:1], admit, lambda r, g: got.__setitem__(id(r), g)))
+    rows = [n for n, width in shapes if width == 1]
+    assert max(rows) > 3 and any(a > b > 0 for a, b in zip(rows, rows[1:]))  # beams joined rows in flight and left
+    for call in calls:
+        mine, alone = got[id(call)], llm._generate_one(call)
+        assert mine.texts == alone.texts
+        assert mine.scores == pytest.approx(alone.scores, abs=1e-3)
+        assert mine.stats.tokens_out == alone.stats.tokens_out and mine.stats.tokens_in == alone.stats.tokens_in
+        assert mine.stats.forced_tokens == alone.stats.forced_tokens
+    assert len(got[id(calls[2])].texts) == 3 and got[id(calls[2])].stats.cached_tokens > 0
+    assert got[id(calls[3])].stats.tokens_out < 2 * 64

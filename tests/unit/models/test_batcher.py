@@ -11,8 +11,8 @@ import pytest
 from ragkit.models.llm import LocalLLM, _Batcher, _common_prefix, _Request, looping
 
 
-def request(text: str, max_new_tokens: int = 8, beams: int = 1, constraint: Any = None) -> _Request:
-    return _Request(text, max_new_tokens, (), 0.0, beams, constraint)
+def request(text: str, max_new_tokens: int = 8, beams: int = 1, constraint: Any = None, temperature: float = 0.0) -> _Request:
+    return _Request(text, max_new_tokens, (), temperature, beams, constraint)
 
 
 class Runner:
@@ -184,7 +184,7 @@ class Stream:
             deliver(done, done.text.upper())
 
 
-def test_single_sequence_calls_join_a_continuous_batch_and_beams_wait_for_it() -> None:
+def test_single_sequences_and_beams_join_a_continuous_batch_and_samples_wait_for_it() -> None:
     runner, stream = Runner(), Stream()
     runner.release.set()
     batcher = _Batcher(runner, 8, stream)
@@ -193,8 +193,9 @@ def test_single_sequence_calls_join_a_continuous_batch_and_beams_wait_for_it() -
     threads = [threading.Thread(target=call, args=(request("a"),))]
     threads[0].start()
     assert stream.started.wait(10)
-    # while "a" decodes: plain and constrained calls with any settings, then beams, then another plain call
-    for r in [request("b"), request("c", max_new_tokens=99, constraint=object()), request("d", beams=3), request("e")]:
+    # while "a" decodes: plain and constrained calls with any settings, beams, several samples, another plain call
+    later = [request("b"), request("c", max_new_tokens=99, constraint=object()), request("d", beams=3), request("s", beams=3, temperature=0.7), request("e")]
+    for r in later:
         threads.append(threading.Thread(target=call, args=(r,)))
         threads[-1].start()
         deadline = time.monotonic() + 10
@@ -203,10 +204,19 @@ def test_single_sequence_calls_join_a_continuous_batch_and_beams_wait_for_it() -
     stream.release.set()
     for t in threads:
         t.join(10)
-    assert results == {t: t.upper() for t in "abcde"}
-    assert stream.admitted[0] == ["a", "b", "c"]  # joined the rows in flight; "e" waits behind the beams
-    assert runner.batches == [["d"]]
+    assert results == {t: t.upper() for t in "abcdse"}
+    assert stream.admitted[0] == ["a", "b", "c", "d"]  # joined the rows in flight; "e" waits behind the samples
+    assert runner.batches == [["s"]]
     assert stream.admitted[1] == ["e"]
+
+
+def test_a_beam_search_takes_a_row_per_beam() -> None:
+    batcher = _Batcher(Runner(), 4, Stream())
+    batcher._queue = [request("x", beams=3), request("y", beams=3)]
+    assert [r.text for r in batcher._leading(4)] == ["x"]  # "y" would make 6 rows of 4
+    assert batcher._leading(2) == []  # 3 rows do not fit in 2
+    batcher._queue = [request("wide", beams=6), request("z")]
+    assert [r.text for r in batcher._leading(4)] == ["wide"]  # wider than any batch: it goes alone
 
 
 def test_an_error_in_a_continuous_batch_reaches_every_call_in_flight_and_the_batcher_goes_on() -> None:
