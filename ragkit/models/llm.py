@@ -398,15 +398,16 @@ class LocalLLM(LLM):
         merge_adapter: merge the adapter into the weights (as fast as the base model) or keep it apart.
         max_batch: calls that arrive while the model is busy wait, and are decoded together, up to this
             many prompts at once (single-sequence calls and beam searches by continuous batching, below;
-            several samples with the same settings as one padded batch): on a CPU a batch of 8 gives several times the
-            tokens per second of one prompt. A call that finds the model idle starts at once. 1 decodes
+            several samples with the same settings as one padded batch): on a CPU a batch of 8 gives
+            several times the tokens per second of one prompt. A call that finds the model idle starts at once. 1 decodes
             one call at a time. Streaming calls are batched too, each row's text going to its own caller's
             listener; calls that use speculative decoding are never batched.
         continuous_batching: single-sequence calls (greedy or sampled, constrained or not, any
             settings) share the batch step by step: a row that ends returns at once and a waiting call
             takes its place, so no call waits for the longest one of a fixed batch. Beam searches join
             too, one row a beam; several samples decode as fixed batches by settings. False decodes
-            every batch as a fixed one. Models whose cache is not plain growing layers (sliding windows) always use fixed batches.
+            every batch as a fixed one. Models whose cache is not plain growing layers (sliding windows)
+            always use fixed batches.
         max_repeats: end a sequence once its last tokens are one block of 1 to 32 tokens written this many
             times in a row, over 24 tokens at least (see :func:`looping`): a small model decoding greedily can loop until ``max_new_tokens``, and in a
             batch every other prompt waits for it. 0 (default) turns it off. With beams, a looping beam ends
@@ -905,7 +906,7 @@ class LocalLLM(LLM):
                 for members in groups.values():
                     beams = rows[members[0]].beams
                     assert beams is not None
-                    parents, chosen, over = beams.step(logits[members], now, len(rows), self)
+                    parents, chosen, over = beams.step(logits[members], len(rows), self)
                     for i, parent, t in zip(members, parents, chosen):
                         source[i], tokens[i] = members[parent], t
                     if over:
@@ -1388,9 +1389,9 @@ class _Beams:
             return True
         return bool(llm.max_repeats) and looping(seq, llm.max_repeats)
 
-    def step(self, logits: Any, now: float, alongside: int, llm: LocalLLM) -> tuple[list[int], list[int], bool]:
-        """One step over this search's rows' ``logits``: for each row, the beam it goes on from and its
-        next token, and whether the search is over."""
+    def step(self, logits: Any, alongside: int, llm: LocalLLM) -> tuple[list[int], list[int], bool]:
+        """One step over this search's rows' ``logits`` (``alongside`` rows in the batch): for each row, the
+        beam it goes on from and its next token, and whether the search is over."""
         import torch
 
         raw = torch.log_softmax(logits, dim=-1)
