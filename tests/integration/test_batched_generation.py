@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -243,6 +244,16 @@ def test_beams_start_from_the_prefix_cache_of_the_greedy_call(float32_llm: Local
     assert beams.texts == expected.texts and beams.scores == pytest.approx(expected.scores, abs=1e-3)
 
 
+def _as_alone(llm: LocalLLM, call: _Request, mine: Any) -> Any:
+    """Checks that ``mine``, what a continuous batch gave ``call``, is what ``call`` gives decoded alone."""
+    alone = llm._generate_one(call)
+    assert mine.texts == alone.texts
+    assert mine.scores == pytest.approx(alone.scores, abs=1e-3)
+    assert mine.stats.tokens_out == alone.stats.tokens_out and mine.stats.tokens_in == alone.stats.tokens_in
+    assert mine.stats.forced_tokens == alone.stats.forced_tokens
+    return mine
+
+
 def test_rows_that_join_and_leave_mid_flight_get_what_each_gets_alone(float32_llm: LocalLLM) -> None:
     """Continuous batching: a call joins at a later step, next to rows already decoding, and a row that
     ends leaves the others; each still gets what it gets alone (plain, constrained, stop string, loop guard)."""
@@ -270,11 +281,7 @@ def test_rows_that_join_and_leave_mid_flight_get_what_each_gets_alone(float32_ll
     assert any(a > b > 0 for a, b in zip(rows, rows[1:]))  # and rows left while others went on
     assert got[id(calls[3])].stats.cached_tokens > 0
     for call in calls:
-        mine, alone = got[id(call)], llm._generate_one(call)
-        assert mine.texts == alone.texts
-        assert mine.scores == pytest.approx(alone.scores, abs=1e-3)
-        assert mine.stats.tokens_out == alone.stats.tokens_out and mine.stats.tokens_in == alone.stats.tokens_in
-        assert mine.stats.forced_tokens == alone.stats.forced_tokens
+        mine = _as_alone(llm, call, got[id(call)])
         assert len(mine.stats.inter_token) == mine.stats.tokens_out - 1 and 0 < mine.stats.ttft < mine.stats.seconds
     assert constraint.accepts(got[id(calls[0])].text) and "." not in got[id(calls[2])].text
     assert got[id(calls[4])].stats.tokens_out < 96  # the loop guard ended it
@@ -324,10 +331,6 @@ def test_beam_searches_decode_in_the_continuous_batch_as_they_do_alone(float32_l
     rows = [n for n, width in shapes if width == 1]
     assert max(rows) > 3 and any(a > b > 0 for a, b in zip(rows, rows[1:]))  # beams joined rows in flight and left
     for call in calls:
-        mine, alone = got[id(call)], llm._generate_one(call)
-        assert mine.texts == alone.texts
-        assert mine.scores == pytest.approx(alone.scores, abs=1e-3)
-        assert mine.stats.tokens_out == alone.stats.tokens_out and mine.stats.tokens_in == alone.stats.tokens_in
-        assert mine.stats.forced_tokens == alone.stats.forced_tokens
+        _as_alone(llm, call, got[id(call)])
     assert len(got[id(calls[2])].texts) == 3 and got[id(calls[2])].stats.cached_tokens > 0
     assert got[id(calls[3])].stats.tokens_out < 2 * 64
