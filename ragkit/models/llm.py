@@ -1434,7 +1434,7 @@ class _Beams:
     def result(self, now: float, llm: LocalLLM) -> Generation:
         import torch
 
-        best = sorted(self.finished, key=lambda c: -c[0])[: self.width]
+        best = self.finished  # kept best first, at most ``width`` (see step)
         texts, scores, n_out = llm._decode([c[1] for c in best], [torch.tensor(c[2]) for c in best], self.req.stop)
         seconds = now - self.start
         stats = GenerationStats(
