@@ -329,20 +329,36 @@ class _ForwardCounter:
         return max(0, self.lengths[0] - prompt_tokens) + sum(n - 1 for n in self.lengths[1:])
 
 
-def _load(path: Path, device: str, dtype: str, quantize: str, adapter: str | None = None, merge_adapter: bool = True) -> tuple[Any, Any]:
+def _attention(attention: str, device: str, dtype: str, quantize: str) -> str | None:
+    """The ``attn_implementation`` to load a model with: ragkit's decoding attention on a CPU in half
+    precision for ``auto`` (see :mod:`ragkit.models.attention`), transformers' default otherwise."""
+    if attention != "auto":
+        return attention
+    if device == "cpu" and dtype in ("bfloat16", "float16") and quantize == "none":
+        from ragkit.models.attention import register_decode_attention
+
+        return register_decode_attention()
+    return None
+
+
+def _load(
+    path: Path, device: str, dtype: str, quantize: str, adapter: str | None = None, merge_adapter: bool = True, attention: str = "auto"
+) -> tuple[Any, Any]:
     """The (model, tokenizer) for one configuration, loaded once per process."""
     import torch
 
     from ragkit.models.adapters import adapter_key, apply_adapter
 
-    key = (str(path), device, dtype, quantize, adapter_key(adapter, merge_adapter))
+    implementation = _attention(attention, device, dtype, quantize)
+    key = (str(path), device, dtype, quantize, adapter_key(adapter, merge_adapter), implementation)
     with _LOAD_LOCK:
         if key not in _LOADED:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             try:
                 tok = AutoTokenizer.from_pretrained(path)
-                model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+                extra = {"attn_implementation": implementation} if implementation else {}
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **extra)
             except Exception as e:
                 raise ModelError(f"could not load the model in {path}: {e}") from e
             if adapter:
@@ -412,6 +428,10 @@ class LocalLLM(LLM):
             times in a row, over 24 tokens at least (see :func:`looping`): a small model decoding greedily can loop until ``max_new_tokens``, and in a
             batch every other prompt waits for it. 0 (default) turns it off. With beams, a looping beam ends
             as a finished candidate and the search goes on with the others.
+        attention: how the model computes attention. ``auto``: on a CPU in bf16 or fp16, a decoding step's
+            attention in float32 matrix products (several times faster there than PyTorch's SDPA kernel;
+            :mod:`ragkit.models.attention`), SDPA for the rest; elsewhere transformers' default.
+            ``sdpa`` or ``eager``: that transformers implementation throughout.
 
     Speculative decoding applies to single-sequence generation; beams decode as usual. Several
     candidates (beams or samples) share one computation of their prompt.
@@ -444,7 +464,10 @@ class LocalLLM(LLM):
         max_batch: int = 8,
         continuous_batching: bool = True,
         max_repeats: int = 0,
+        attention: Literal["auto", "sdpa", "eager"] = "auto",
     ) -> None:
+        if attention not in ("auto", "sdpa", "eager"):
+            raise ValueError(f"attention must be 'auto', 'sdpa' or 'eager', not {attention!r}")
         if max_repeats < 0 or max_repeats == 1:
             raise ValueError("max_repeats must be 0 (off) or at least 2 (a block seen that many times in a row ends the sequence)")
         if max_batch < 1:
@@ -476,6 +499,7 @@ class LocalLLM(LLM):
         self.max_batch = max_batch
         self.continuous_batching = continuous_batching
         self.max_repeats = max_repeats
+        self.attention = attention
         self._no_logits: dict[str, Any] = {}
         self._batcher = _Batcher(self._run_batch, max_batch)
         self._model: Any = None
@@ -502,7 +526,7 @@ class LocalLLM(LLM):
                 raise ModelError(f"quantize: int8 is torch's dynamic quantisation for CPUs; set device: cpu, or quantize: none on {device}")
             dtype = "float32"
         self.device_used, self.dtype_used = device, dtype
-        self._model, self._tok = _load(self.path, device, dtype, self.quantize, self.adapter, self.merge_adapter)
+        self._model, self._tok = _load(self.path, device, dtype, self.quantize, self.adapter, self.merge_adapter, self.attention)
         self._eos_ids = _as_list(self._model.generation_config.eos_token_id)
         # the tokens that end a sequence: the end tokens, and padding (what follows an ended row of a batch)
         pad = self._tok.pad_token_id
@@ -515,7 +539,7 @@ class LocalLLM(LLM):
         if self.draft_model is not None:
             import copy
 
-            draft, self._draft_tok = _load(resolve_model_path(self.draft_model), device, dtype, self.quantize)
+            draft, self._draft_tok = _load(resolve_model_path(self.draft_model), device, dtype, self.quantize, attention=self.attention)
             # A shallow copy shares the weights but gets its own generation config: the draft length
             # lives there, and the loaded model may be another resource's main model.
             self._draft = copy.copy(draft)

@@ -75,6 +75,7 @@ def test_an_unknown_quantisation_in_yaml_names_the_line(tmp_path: Path) -> None:
         ({"prompt_lookup_tokens": 4, "draft_model": "smollm2"}, "not both"),
         ({"quantize": "int4"}, "quantize must be 'none' or 'int8'"),
         ({"quantize": "int8", "dtype": "bfloat16"}, "computes in float32"),
+        ({"attention": "flash"}, "attention must be 'auto', 'sdpa' or 'eager'"),
     ],
 )
 def test_bad_options_are_refused_with_what_to_do(kwargs: dict[str, object], msg: str) -> None:
