@@ -428,10 +428,10 @@ class LocalLLM(LLM):
             times in a row, over 24 tokens at least (see :func:`looping`): a small model decoding greedily can loop until ``max_new_tokens``, and in a
             batch every other prompt waits for it. 0 (default) turns it off. With beams, a looping beam ends
             as a finished candidate and the search goes on with the others.
-        attention: how the model computes attention. ``auto``: on a CPU in bf16 or fp16, a decoding step's
-            attention in float32 matrix products (several times faster there than PyTorch's SDPA kernel;
-            :mod:`ragkit.models.attention`), SDPA for the rest; elsewhere transformers' default.
-            ``sdpa`` or ``eager``: that transformers implementation throughout.
+        attention: how the model computes attention. ``auto``: on a CPU in bf16 or fp16, a one-token step
+            without padding (a lone row, or rows of one length) takes the path transformers takes for a padded batch, several times faster
+            there (:mod:`ragkit.models.attention`); elsewhere transformers' default. ``sdpa`` or
+            ``eager``: that transformers implementation throughout.
 
     Speculative decoding applies to single-sequence generation; beams decode as usual. Several
     candidates (beams or samples) share one computation of their prompt.

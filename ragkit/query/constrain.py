@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ragkit.query.cypher import (
     _NODE,
     _REL,
@@ -429,6 +431,7 @@ class _Vocab:
                 self.by_first.setdefault(s[0], []).append(i)
         self._triggered: dict[str, list[int]] = {}
         self._untriggered: dict[str, dict[str, list[int]]] = {}
+        self._untriggered_arrays: dict[str, dict[str, Any]] = {}
         self._in_literal: dict[str, tuple[dict[str, list[int]], dict[str, list[int]], int]] = {}
         self._openers: list[tuple[int, list[str]]] | None = None
 
@@ -489,6 +492,12 @@ class _Vocab:
         if chars not in self._untriggered:
             self._untriggered[chars] = {f: [i for i in ids if not any(c in self.strings[i] for c in chars)] for f, ids in self.by_first.items()}
         return self._untriggered[chars]
+
+    def by_first_without_arrays(self, chars: str) -> dict[str, Any]:
+        """:meth:`by_first_without` as int64 arrays: a step bans whole groups of them at once."""
+        if chars not in self._untriggered_arrays:
+            self._untriggered_arrays[chars] = {f: np.asarray(ids, dtype=np.int64) for f, ids in self.by_first_without(chars).items()}
+        return self._untriggered_arrays[chars]
 
 
 _VOCABS: weakref.WeakKeyDictionary[Any, _Vocab] = weakref.WeakKeyDictionary()
@@ -558,14 +567,15 @@ class TermLogitsProcessor:
                 scores[row].index_copy_(0, keep, kept)
                 continue
             banned = self._banned(text, width)
-            if len(banned) >= width and len(set(banned)) >= width:
-                continue  # nothing would be left: the text went somewhere the schema cannot follow; leave it free
-            if banned:
+            if len(banned):
+                hit = np.zeros(width, dtype=bool)
+                hit[banned] = True
+                if hit.all():
+                    continue  # nothing would be left: the text went somewhere the schema cannot follow; leave it free
                 self.masked_steps += 1
-                idx = torch.tensor(banned, dtype=torch.long, device=scores.device)
-                if bool((idx == int(scores[row].argmax())).any()):
+                if hit[int(scores[row].argmax())]:
                     self.forced += 1
-                scores[row].index_fill_(0, idx, float("-inf"))
+                scores[row].masked_fill_(torch.from_numpy(hit).to(scores.device), float("-inf"))
         return scores
 
     def _ungrounded_openers(self, width: int) -> list[int]:
@@ -586,11 +596,11 @@ class TermLogitsProcessor:
             return None
         return sorted(i for i in self.vocab.grounded(*literal, c.sources) if i < width) or None
 
-    def _banned(self, text: str, width: int) -> list[int]:
-        """Token ids that would make ``text`` name something the schema lacks."""
+    def _banned(self, text: str, width: int) -> Any:
+        """Token ids that would make ``text`` name something the schema lacks (an int64 array)."""
         c, v = self.constraint, self.vocab
         if c.inside_literal(text):
-            return []  # an IRI, a comment, or a string literal (grounded ones: see _grounded)
+            return np.zeros(0, dtype=np.int64)  # an IRI, a comment, or a string literal (grounded ones: see _grounded)
         ctx = c.context(text)
         window = c.blank_literals(text)[-_WINDOW:]
         start = len(window)
@@ -601,8 +611,10 @@ class TermLogitsProcessor:
             if i < width and not c.accepts(window + v.strings[i], start, ctx):
                 banned.append(i)
         if state is None:
-            return banned
+            return np.asarray(banned, dtype=np.int64)
         place, partial = state
+        groups: list[Any] = []  # whole groups of tokens banned at once
+        arrays = v.by_first_without_arrays(c.triggers)
         # inside a name: a token continues it, or ends it (only a complete name may end)
         complete = place.complete(partial)
         nexts = place.next_chars(partial)
@@ -611,7 +623,8 @@ class TermLogitsProcessor:
             continuing = first in nexts
             inside = place.name_chars.match(first).end() == len(first)  # type: ignore[union-attr]
             if not continuing and not (complete and not inside):
-                banned.extend([i for i in ids if i < width] if narrow else ids)
+                group = arrays[first]
+                groups.append(group[group < width] if narrow else group)
                 continue
             if not continuing:
                 continue  # ends a complete name; tokens that could open another were checked above
@@ -627,4 +640,4 @@ class TermLogitsProcessor:
         if not complete:
             banned.extend(i for i in self.eos_ids if i < width)
             banned.extend(i for i in v.special if i < width and i not in self.eos_ids)
-        return banned
+        return np.concatenate([np.asarray(banned, dtype=np.int64), *groups])
