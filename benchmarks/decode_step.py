@@ -34,11 +34,13 @@ def step_times(llm: Any, rows: int, context: int, steps: int, padded: bool) -> l
     import torch
     from transformers import DynamicCache
 
+    from ragkit.models.llm import cache_keyword
+
     model = llm.hf_model
     ids = torch.randint(100, min(30000, model.config.vocab_size), (1, context), generator=torch.Generator().manual_seed(0))
-    cache = DynamicCache(config=model.config)
+    cache, kw = DynamicCache(config=model.config), cache_keyword(model)
     with torch.inference_mode():
-        model(input_ids=ids, past_key_values=cache, use_cache=True)
+        model(input_ids=ids, use_cache=True, **{kw: cache})
         cache.batch_repeat_interleave(rows)
         mask = torch.ones(rows, context, dtype=torch.long)
         if padded:
@@ -50,7 +52,7 @@ def step_times(llm: Any, rows: int, context: int, steps: int, padded: bool) -> l
             mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
             pos = pos + 1
             start = time.perf_counter()
-            logits = model(input_ids=nxt, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).logits
+            logits = model(input_ids=nxt, attention_mask=mask, position_ids=pos, use_cache=True, **{kw: cache}).logits
             nxt = logits[:, -1].float().argmax(-1, keepdim=True)
             out.append(time.perf_counter() - start)
     return out

@@ -47,7 +47,7 @@ from ragkit.finetune.data import (
     read_pairs,
 )
 from ragkit.models.adapters import ADAPTER_META, FOLDS_META, file_sha256, model_fingerprint, quiet_peft_noise
-from ragkit.models.llm import LocalLLM, _common_prefix, choose_device, quiet_progress_bars, resolve_model_path
+from ragkit.models.llm import LocalLLM, _common_prefix, cache_keyword, choose_device, quiet_progress_bars, resolve_model_path, returned_cache
 from ragkit.stores.base import GraphSchema
 
 logger = logging.getLogger(__name__)
@@ -64,9 +64,7 @@ class TrainingStopped(UserError):
 
     def __init__(self, output: Path, step: int, total: int) -> None:
         self.output, self.step, self.total = output, step, total
-        super().__init__(
-            f"stopped at step {step} of {total}; the checkpoint in {output / 'checkpoint'} is kept: run the same command again to resume"
-        )
+        super().__init__(f"stopped at step {step} of {total}; the checkpoint in {output / 'checkpoint'} is kept: run the same command again to resume")
 
 
 @dataclass
@@ -310,11 +308,11 @@ def target_loss(model: Any, batch: Sequence[Encoded], pad_id: int, device: str =
         inputs["logits_to_keep"] = n - start
     if shared >= _SHARED_MIN:
         head = model(input_ids=inputs["input_ids"][:1, :shared], use_cache=True, **({"logits_to_keep": 1} if "logits_to_keep" in inputs else {}))
-        cache = head.past_key_values
+        cache = returned_cache(head)
         cache.batch_repeat_interleave(len(batch))
         inputs["input_ids"] = inputs["input_ids"][:, shared:]
         inputs["position_ids"] = torch.arange(shared, n, device=device).unsqueeze(0).expand(len(batch), -1)
-        inputs.update(past_key_values=cache, use_cache=True)
+        inputs.update({cache_keyword(model): cache, "use_cache": True})
     logits = model(**inputs).logits[:, -(n - start) :][:, :-1].float()  # positions start .. n-2
     target = labels[:, start + 1 :]  # the tokens they predict
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE)
@@ -471,6 +469,7 @@ def train_adapter(
     def checkpoint() -> None:
         state = {"run_key": run_key, "step": step, "losses": losses, "tokens": tokens, "seconds": seconds, "loss_before": loss_before, "batching": batching}
         _save_checkpoint(ckpt, model, optimizer, state, {**meta, "run_key": run_key}, total)
+
     # bf16: the forward's matrix products in bfloat16, the LoRA weights, optimizer and loss in float32
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if opts.mixed_precision == "bf16" else contextlib.nullcontext()
     for _ in range(step * opts.grad_accum):  # a resumed run continues where the data order was
@@ -518,7 +517,11 @@ def train_adapter(
         loss_after=round(loss_after, 5),
         probe_ids=[s.id for s in probe],
         trainable_parameters=trainable,
-        lora={"rank": lora.r, "alpha": lora.lora_alpha, "target_modules": sorted(lora.target_modules) if isinstance(lora.target_modules, (set, list)) else lora.target_modules},
+        lora={
+            "rank": lora.r,
+            "alpha": lora.lora_alpha,
+            "target_modules": sorted(lora.target_modules) if isinstance(lora.target_modules, (set, list)) else lora.target_modules,
+        },
         throughput={
             "seconds": round(seconds, 2),
             "tokens": tokens,
@@ -713,4 +716,3 @@ def fold_summary(folder: str | Path) -> list[dict[str, Any]]:
     """Per fold of a fold set: its adapter folder and how many items it held out (for the CLI)."""
     data = json.loads((Path(folder) / FOLDS_META).read_text(encoding="utf-8"))
     return [{"adapter": f["adapter"], "held_out": len(f["held_out"])} for f in data["folds"]]
-

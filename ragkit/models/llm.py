@@ -501,6 +501,7 @@ class LocalLLM(LLM):
         self.max_repeats = max_repeats
         self.attention = attention
         self._no_logits: dict[str, Any] = {}
+        self._cache_kw = "past_key_values"  # the forward pass's name for it: see cache_keyword
         self._batcher = _Batcher(self._run_batch, max_batch)
         self._model: Any = None
         self._tok: Any = None
@@ -533,6 +534,7 @@ class LocalLLM(LLM):
         self._end_ids = set(self._eos_ids) | ({pad} if pad is not None else set())
         self.context_window = int(getattr(self._model.config, "max_position_embeddings", 2048) or 2048)
         self._no_logits = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self._model.forward).parameters else {}
+        self._cache_kw = cache_keyword(self._model)
         # Continuous batching edits the key/value cache row by row: plain growing layers only (not, for
         # example, the sliding windows of Gemma 3, whose batches decode as fixed batches).
         self._batcher._stream = self._decode_continuously if self.continuous_batching and _plain_cache(self._model) else None
@@ -748,7 +750,7 @@ class LocalLLM(LLM):
             reused, cache = self._prefix_lookup(ids) if self.prefix_cache else (0, None)
             shared = self._prefill(enc["input_ids"], enc["attention_mask"], num_return_sequences, cache, reused)
             if shared is not None:
-                kwargs["past_key_values"] = shared
+                kwargs[self._cache_kw] = shared
             else:
                 reused = 0
         else:
@@ -761,7 +763,7 @@ class LocalLLM(LLM):
             if self.prefix_cache and speculation is None:
                 reused, cache = self._prefix_lookup(enc["input_ids"][0].tolist())
                 if cache is not None:
-                    kwargs["past_key_values"] = cache
+                    kwargs[self._cache_kw] = cache
         criteria = []
         if speculation is not None:
             assert streamer is not None
@@ -781,8 +783,9 @@ class LocalLLM(LLM):
                     out = self._model.generate(**enc, **kwargs)
             else:
                 out = self._model.generate(**enc, **kwargs)
-        if num_return_sequences == 1 and self.prefix_cache and getattr(out, "past_key_values", None) is not None:
-            self._prefix_store(enc["input_ids"][0].tolist(), out.past_key_values)
+        returned = returned_cache(out) if num_return_sequences == 1 and self.prefix_cache else None
+        if returned is not None:
+            self._prefix_store(enc["input_ids"][0].tolist(), returned)
         seconds = time.perf_counter() - start
         trans = self._transition_scores(out, constraint is not None)
         texts, scores, n_out = self._decode(out.sequences[:, n_in:].tolist(), trans, stop, speculation)
@@ -845,7 +848,7 @@ class LocalLLM(LLM):
         if width > 1 or cache is not None:
             prefilled = self._prefill(input_ids, mask, width, cache, shared)
             if prefilled is not None:
-                kwargs["past_key_values"] = prefilled
+                kwargs[self._cache_kw] = prefilled
             else:
                 shared = 0
         with torch.inference_mode():
@@ -906,7 +909,7 @@ class LocalLLM(LLM):
                 return
             mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
             with torch.inference_mode():
-                out = self._model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos[:, None], past_key_values=cache, use_cache=True)
+                out = self._model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos[:, None], use_cache=True, **{self._cache_kw: cache})
                 logits = out.logits[:, -1, :].float()
                 now = time.perf_counter()
                 if any(r.proc is not None for r in rows):
@@ -1002,8 +1005,8 @@ class LocalLLM(LLM):
                 self._model(
                     input_ids=torch.tensor([ids[reused:-1]], device=device),
                     position_ids=torch.arange(reused, len(ids) - 1, device=device)[None],
-                    past_key_values=cache,
                     use_cache=True,
+                    **{self._cache_kw: cache},
                     **self._no_logits,
                 )
             if self.prefix_cache:
@@ -1071,8 +1074,8 @@ class LocalLLM(LLM):
                     self._model(
                         input_ids=ids[:, reused:],
                         position_ids=torch.arange(reused, len(prefix), device=self._model.device).unsqueeze(0),
-                        past_key_values=cache,
                         use_cache=True,
+                        **{self._cache_kw: cache},
                         **self._no_logits,
                     )
                 self._prefix_store(prefix, cache)
@@ -1106,8 +1109,8 @@ class LocalLLM(LLM):
                         input_ids=input_ids[:, cached:end],
                         attention_mask=mask[:, :end],
                         position_ids=positions[:, cached:end],
-                        past_key_values=cache,
                         use_cache=True,
+                        **{self._cache_kw: cache},
                         **self._no_logits,
                     )
             cache.batch_repeat_interleave(width)
@@ -1532,6 +1535,20 @@ def _pick(scores: Any, temperatures: list[float], top_p: float = 0.95) -> Any:
             ranked = ranked * keep
             tokens[i] = order[torch.multinomial(ranked / ranked.sum(), 1)]
     return tokens
+
+
+def cache_keyword(model: Any) -> str:
+    """The keyword ``model``'s forward pass takes its key/value cache by: ``cache`` from transformers 5.24
+    (which renamed it), ``past_key_values`` before and in models that still use the old name."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def returned_cache(output: Any) -> Any:
+    """The key/value cache a forward pass or ``generate`` returned (``cache`` from transformers 5.24,
+    ``past_key_values`` before), or None."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
 def _plain_cache(model: Any) -> bool:

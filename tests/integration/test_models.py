@@ -9,7 +9,7 @@ from ragkit import Pipeline
 from ragkit.core.metrics import StageTrace, recording, streaming_to
 from ragkit.models.base import ChatMessage
 from ragkit.models.embedder import SentenceEmbedder
-from ragkit.models.llm import LocalLLM, choose_device, resolve_model_path
+from ragkit.models.llm import LocalLLM, cache_keyword, choose_device, resolve_model_path, returned_cache
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -85,13 +85,13 @@ def _step_logits(llm: LocalLLM, prompts: list[str], steps: int, feed: list[objec
     logits, fed = [], []
     with torch.inference_mode():
         out = model(**enc, use_cache=True)
-        cache, pos = out.past_key_values, mask.sum(1, keepdim=True) - 1
+        cache, pos = returned_cache(out), mask.sum(1, keepdim=True) - 1
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         for step in range(steps):
             nxt = feed[step] if feed is not None else nxt
             fed.append(nxt)
             mask, pos = torch.cat([mask, torch.ones_like(nxt)], dim=1), pos + 1
-            out = model(input_ids=nxt, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+            out = model(input_ids=nxt, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_keyword(model): cache})
             logits.append(out.logits[:, -1].float())
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
     return torch.stack(logits), fed
