@@ -86,7 +86,7 @@ train-long2)
   # rising at its end (18.6% at step 361). About 6.6 h on the 2 cores when nothing else runs; rerun the
   # same command to continue from the last checkpoint. Evaluate with
   # FULL_DEV_PIPELINE=benchmarks/pipelines/ablations/sparql_finetuned_long2_beams.yaml SUFFIX=-long2-beams
-  # bash benchmarks/kgqa_ablations.sh full-dev
+  # bash benchmarks/kgqa_ablations.sh full-dev (and sparql_finetuned_long2_fast.yaml, SUFFIX=-long2-fast)
   "$RAGKIT" finetune --train "$DATA/spider4sparql/train.jsonl" --language sparql --examples 0 --max-length 768 \
     --epochs 1 --batch-size 4 --grad-accum 2 --lr 2e-4 --seed 1 --init-adapter adapters/spider4sparql-sparql-noex-long \
     --mixed-precision bf16 --threads "$THREADS" --save-every 20 --output adapters/spider4sparql-sparql-noex-long2
