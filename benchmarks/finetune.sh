@@ -157,7 +157,7 @@ eval)
     --report "$OUT/finetune_movies.json"
   ;;
 *)
-  echo "usage: $0 throughput|step-time|train-fast|train-fast-cypher|train-long|train-long-cypher|train-kfold-movies|train-kfold-spider|train-rag-long|train-kfold-movies-rag|train|eval" >&2
+  echo "usage: $0 throughput|step-time|train-fast|train-fast-cypher|train-long|train-long2|train-long-cypher|train-kfold-movies|train-kfold-spider|train-rag-long|train-kfold-movies-rag|train|eval" >&2
   exit 2
   ;;
 esac
