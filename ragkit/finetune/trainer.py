@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import gc
 import hashlib
-import inspect
 import json
 import logging
 import math
@@ -47,7 +46,16 @@ from ragkit.finetune.data import (
     read_pairs,
 )
 from ragkit.models.adapters import ADAPTER_META, FOLDS_META, file_sha256, model_fingerprint, quiet_peft_noise
-from ragkit.models.llm import LocalLLM, _common_prefix, cache_keyword, choose_device, quiet_progress_bars, resolve_model_path, returned_cache
+from ragkit.models.llm import (
+    LocalLLM,
+    _common_prefix,
+    cache_keyword,
+    choose_device,
+    forward_parameters,
+    quiet_progress_bars,
+    resolve_model_path,
+    returned_cache,
+)
 from ragkit.stores.base import GraphSchema
 
 logger = logging.getLogger(__name__)
@@ -319,8 +327,7 @@ def target_loss(model: Any, batch: Sequence[Encoded], pad_id: int, device: str =
 
 
 def _keeps_logits(model: Any) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return "logits_to_keep" in forward_parameters(model)
 
 
 def sequence_loss(model: Any, seqs: Sequence[Encoded], pad_id: int, device: str = "cpu") -> float:

@@ -1537,11 +1537,17 @@ def _pick(scores: Any, temperatures: list[float], top_p: float = 0.95) -> Any:
     return tokens
 
 
+def forward_parameters(model: Any) -> Any:
+    """The parameters of ``model``'s forward pass (of the base model under a peft wrapper, whose own
+    forward takes anything)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inspect.signature(base.forward).parameters
+
+
 def cache_keyword(model: Any) -> str:
     """The keyword ``model``'s forward pass takes its key/value cache by: ``cache`` from transformers 5.24
     (which renamed it), ``past_key_values`` before and in models that still use the old name."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return "cache" if "cache" in forward_parameters(model) else "past_key_values"
 
 
 def returned_cache(output: Any) -> Any:

@@ -82,6 +82,7 @@ def _step_logits(llm: LocalLLM, prompts: list[str], steps: int, feed: list[objec
 
     enc = llm.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
     model, mask = llm.hf_model, enc["attention_mask"]
+    kw = cache_keyword(model)
     logits, fed = [], []
     with torch.inference_mode():
         out = model(**enc, use_cache=True)
@@ -91,7 +92,7 @@ def _step_logits(llm: LocalLLM, prompts: list[str], steps: int, feed: list[objec
             nxt = feed[step] if feed is not None else nxt
             fed.append(nxt)
             mask, pos = torch.cat([mask, torch.ones_like(nxt)], dim=1), pos + 1
-            out = model(input_ids=nxt, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_keyword(model): cache})
+            out = model(input_ids=nxt, attention_mask=mask, position_ids=pos, use_cache=True, **{kw: cache})
             logits.append(out.logits[:, -1].float())
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
     return torch.stack(logits), fed
