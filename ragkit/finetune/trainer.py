@@ -45,7 +45,7 @@ from ragkit.finetune.data import (
     read_cypher_schemas,
     read_pairs,
 )
-from ragkit.models.adapters import ADAPTER_META, FOLDS_META, file_sha256, model_fingerprint, quiet_peft_noise
+from ragkit.models.adapters import ADAPTER_META, FINGERPRINT_FORMAT, FOLDS_META, base_model_matches, file_sha256, model_fingerprint, quiet_peft_noise
 from ragkit.models.llm import (
     LocalLLM,
     _common_prefix,
@@ -392,6 +392,22 @@ def _run_key(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _resumed_base_record(meta: dict[str, Any], output: Path, base: str | Path) -> dict[str, Any]:
+    """``meta`` with the base-model record of the run already in ``output`` (its checkpoint, or the
+    finished adapter), when that record names the same model in an older fingerprint format: the
+    run's key, and so resuming it, does not depend on how the fingerprint is computed."""
+    if "base_model" not in meta:
+        return meta
+    for f in (output / "checkpoint" / ADAPTER_META, output / ADAPTER_META):
+        try:
+            record = json.loads(f.read_text(encoding="utf-8")).get("base_model")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(record, dict) and record != meta.get("base_model") and base_model_matches(record, base):
+            return {**meta, "base_model": record}
+    return meta
+
+
 def train_adapter(
     seqs: list[Encoded],
     opts: FinetuneOptions,
@@ -413,6 +429,9 @@ def train_adapter(
         raise MissingDependencyError(e.name or "peft", "finetune", "ragkit finetune") from None
     if not seqs:
         raise InputError("no training sequence fits --max-length (raise it, or lower --examples)")
+    base = resolve_model_path(opts.model)
+    if opts.resume:
+        meta = _resumed_base_record(meta, output, base)
     keyed = {k: meta[k] for k in ("base_model", "data", "options", "init_adapter") if k in meta}
     if "options" in keyed:  # how batches are computed, not what is trained on: a run may switch it when it resumes
         keyed["options"] = {k: v for k, v in keyed["options"].items() if k != "share_prefix"}
@@ -428,7 +447,6 @@ def train_adapter(
     random.seed(opts.seed)
     torch.manual_seed(opts.seed)
     device, dtype = choose_device(opts.device, "float32" if opts.device in ("auto", "cpu") else "auto")
-    base = resolve_model_path(opts.model)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype)).to(device)
     if opts.init_adapter:  # go on training an adapter (its rank, alpha and modules), e.g. a general one on a graph's own bank
         from peft import PeftModel
@@ -647,7 +665,7 @@ def finetune(
     base_meta = {
         "format": 1,
         "language": opts.language,
-        "base_model": {"name": opts.model or "smollm2", "fingerprint": model_fingerprint(tok_llm.path)},
+        "base_model": {"name": opts.model or "smollm2", "fingerprint": model_fingerprint(tok_llm.path), "fingerprint_format": FINGERPRINT_FORMAT},
         "data": [{"path": str(f), "sha256": file_sha256(f)} for f in train_files],
         "options": _options_meta(opts),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -656,12 +674,11 @@ def finetune(
         base_meta["bank"] = {"path": str(bank), "sha256": file_sha256(bank), "items": len(bank_pairs)}
     if init is not None:
         init_meta, weights = init
-        want = (init_meta.get("base_model") or {}).get("fingerprint")
-        have = base_meta["base_model"]["fingerprint"]
-        if want and want != have:
+        record = init_meta.get("base_model") or {}
+        if not base_model_matches(record, tok_llm.path):
             raise UserError(
-                f"--init-adapter {opts.init_adapter} was trained for another base model (fingerprint {want}, this one is {have}): "
-                "start from an adapter of the same --model"
+                f"--init-adapter {opts.init_adapter} was trained for another base model (fingerprint {record['fingerprint']}, "
+                f"this one is {base_meta['base_model']['fingerprint']}): start from an adapter of the same --model"
             )
         base_meta["init_adapter"] = {"path": str(weights.parent), "sha256": file_sha256(weights)}
     out = Path(opts.output)

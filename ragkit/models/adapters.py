@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ADAPTER_META",
     "FOLDS_META",
+    "FINGERPRINT_FORMAT",
     "model_fingerprint",
+    "base_model_matches",
     "file_sha256",
     "read_adapter_meta",
     "read_fold_set",
@@ -58,27 +61,80 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def model_fingerprint(folder: str | Path) -> str:
-    """A fingerprint of a Hugging Face model folder, independent of where the folder lives.
+FINGERPRINT_FORMAT = 2
+"""Version of :func:`model_fingerprint` that adapters record (``base_model.fingerprint_format``)."""
 
-    It covers ``config.json`` in full and, for every weights file, its name, size and the first and
-    last MiB: enough to tell two models apart, and fast for multi-GB checkpoints (hashing them in
-    full on every load would take longer than loading them).
+# Adapters written before the fingerprint format was recorded hashed config.json as it was, so the
+# transformers release that wrote the model folder (its "transformers_version") was part of it: a
+# GGUF model converted again by another release no longer matched. Those records are recognized by
+# trying the releases ragkit supported then.
+_LEGACY_TRANSFORMERS = [f"4.{m}.{p}" for m in range(46, 58) for p in range(10)] + [f"5.{m}.{p}" for m in range(25) for p in range(10)]
+_VERSION_FIELD = re.compile(rb'("transformers_version"\s*:\s*")([^"]*)(")')
+
+
+def model_fingerprint(folder: str | Path) -> str:
+    """A fingerprint of a Hugging Face model folder, independent of where the folder lives and of the
+    transformers release that wrote it.
+
+    It covers ``config.json`` (parsed, without ``transformers_version``) and, for every weights file,
+    its name, size and the first and last MiB: enough to tell two models apart, and fast for multi-GB
+    checkpoints (hashing them in full on every load would take longer than loading them).
     """
     folder = Path(folder)
-    h = hashlib.sha256()
     config = folder / "config.json"
-    if config.is_file():
-        h.update(config.read_bytes())
-    weights = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf"))
-    for p in weights:
+    raw = config.read_bytes() if config.is_file() else None
+    if raw is not None:
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            parsed.pop("transformers_version", None)
+            raw = json.dumps(parsed, sort_keys=True, separators=(",", ":")).encode()
+    return _hash(raw, _weight_samples(folder))
+
+
+def base_model_matches(record: dict[str, Any], folder: str | Path) -> bool:
+    """Whether an adapter's ``base_model`` record names the model in ``folder``.
+
+    A record without ``fingerprint`` cannot be checked and matches. One from before
+    :data:`FINGERPRINT_FORMAT` was recorded matches when the folder, as written by one of the
+    transformers releases ragkit supported then, has that fingerprint.
+    """
+    want = record.get("fingerprint")
+    if not want or want == model_fingerprint(folder):
+        return True
+    if record.get("fingerprint_format"):
+        return False
+    config = Path(folder) / "config.json"
+    raw = config.read_bytes() if config.is_file() else None
+    samples = _weight_samples(Path(folder))
+    if _hash(raw, samples) == want:
+        return True
+    if raw is None or not _VERSION_FIELD.search(raw):
+        return False
+    return any(_hash(_VERSION_FIELD.sub(rb"\g<1>" + v.encode() + rb"\g<3>", raw, count=1), samples) == want for v in _LEGACY_TRANSFORMERS)
+
+
+def _weight_samples(folder: Path) -> list[bytes]:
+    parts = []
+    for p in sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf")):
         size = p.stat().st_size
-        h.update(f"{p.name}:{size}".encode())
+        parts.append(f"{p.name}:{size}".encode())
         with p.open("rb") as f:
-            h.update(f.read(_SAMPLE))
+            parts.append(f.read(_SAMPLE))
             if size > 2 * _SAMPLE:
                 f.seek(size - _SAMPLE)
-                h.update(f.read(_SAMPLE))
+                parts.append(f.read(_SAMPLE))
+    return parts
+
+
+def _hash(config: bytes | None, samples: list[bytes]) -> str:
+    h = hashlib.sha256()
+    if config is not None:
+        h.update(config)
+    for part in samples:
+        h.update(part)
     return h.hexdigest()[:16]
 
 
@@ -166,16 +222,15 @@ def apply_adapter(model: Any, adapter: str | Path, base_path: str | Path, *, mer
         MissingDependencyError: peft is not installed.
     """
     meta = read_adapter_meta(adapter)
-    base_fp = model_fingerprint(base_path)
     if meta is None:
         logger.warning("%s has no %s: cannot check it was trained for %s", adapter, ADAPTER_META, base_path)
     else:
-        want = (meta.get("base_model") or {}).get("fingerprint")
-        if want and want != base_fp:
-            name = (meta.get("base_model") or {}).get("name", "?")
+        record = meta.get("base_model") or {}
+        if not base_model_matches(record, base_path):
             raise ModelError(
-                f"adapter {adapter} was trained for base model {name} (fingerprint {want}), but the model loaded from "
-                f"{base_path} has fingerprint {base_fp}: set the local_llm's 'model:' to the adapter's base model"
+                f"adapter {adapter} was trained for base model {record.get('name', '?')} (fingerprint {record['fingerprint']}), "
+                f"but the model loaded from {base_path} has fingerprint {model_fingerprint(base_path)}: set the local_llm's "
+                "'model:' to the adapter's base model"
             )
         if meta.get("checkpoint"):
             logger.info("%s is the checkpoint of an unfinished run: step %s of %s", adapter, meta.get("steps"), meta.get("total_steps"))

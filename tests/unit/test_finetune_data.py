@@ -23,7 +23,7 @@ from ragkit.finetune.data import (
     read_pairs,
     sparql_schema_from_queries,
 )
-from ragkit.models.adapters import ADAPTER_META, FOLDS_META, adapter_key, fold_for_item, model_fingerprint, read_adapter_meta
+from ragkit.models.adapters import ADAPTER_META, FOLDS_META, adapter_key, base_model_matches, fold_for_item, model_fingerprint, read_adapter_meta
 from ragkit.stages.querygen.cypher import CypherQueryGenerator
 from ragkit.stages.querygen.sparql import SparqlQueryGenerator
 from ragkit.stages.schema.reader import GraphSchemaReader, adopt_prefixes, render_schema
@@ -274,6 +274,64 @@ def test_model_fingerprint_tells_models_apart(tmp_path: Path) -> None:
     for f in ("config.json", "model.safetensors"):
         (tmp_path / "m3" / f).write_bytes((tmp_path / "m1" / f).read_bytes())
     assert model_fingerprint(tmp_path / "m1") == model_fingerprint(tmp_path / "m3")  # where it lives does not matter
+
+
+def _legacy_fingerprint(folder: Path) -> str:
+    """The fingerprint adapters recorded before the format was: config.json hashed as it was."""
+    import hashlib
+
+    h = hashlib.sha256((folder / "config.json").read_bytes())
+    for p in sorted(folder.glob("*.safetensors")):
+        h.update(f"{p.name}:{p.stat().st_size}".encode() + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _model(folder: Path, version: str, weights: bytes = b"\x00" * 10) -> Path:
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8, "transformers_version": version}, indent=2))
+    (folder / "model.safetensors").write_bytes(weights)
+    return folder
+
+
+def test_the_fingerprint_leaves_out_the_transformers_release_that_wrote_the_folder(tmp_path: Path) -> None:
+    """The same model converted again by another transformers release keeps its fingerprint; another
+    config value or other weights change it."""
+    old, new = _model(tmp_path / "old", "5.23.0"), _model(tmp_path / "new", "5.24.0")
+    assert model_fingerprint(old) == model_fingerprint(new)
+    (new / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 16, "transformers_version": "5.24.0"}))
+    assert model_fingerprint(old) != model_fingerprint(new)
+    assert model_fingerprint(old) != model_fingerprint(_model(tmp_path / "other", "5.23.0", b"\x01" * 10))
+
+
+def test_an_adapter_record_matches_its_base_model_in_either_fingerprint_format(tmp_path: Path) -> None:
+    old, new = _model(tmp_path / "old", "5.23.0"), _model(tmp_path / "new", "5.24.0")
+    other = _model(tmp_path / "other", "5.23.0", b"\x01" * 10)
+    current = {"name": "m", "fingerprint": model_fingerprint(old), "fingerprint_format": 2}
+    assert base_model_matches(current, new) and not base_model_matches(current, other)
+    # a record from before the format was kept: the folder as another release wrote it still matches
+    legacy = {"name": "m", "fingerprint": _legacy_fingerprint(old)}
+    assert _legacy_fingerprint(old) != _legacy_fingerprint(new)
+    assert base_model_matches(legacy, old) and base_model_matches(legacy, new)
+    assert not base_model_matches(legacy, other)
+    # a current-format record is not read as a legacy one, and a record without a fingerprint can't be checked
+    assert not base_model_matches({"fingerprint": _legacy_fingerprint(old), "fingerprint_format": 2}, old)
+    assert base_model_matches({"name": "m"}, other)
+
+
+def test_a_resumed_run_keeps_the_base_record_its_checkpoint_was_keyed_with(tmp_path: Path) -> None:
+    """A checkpoint written under the legacy fingerprint resumes: the run's key is computed from the
+    record it started with, when that record names the same model."""
+    from ragkit.finetune.trainer import _resumed_base_record
+
+    old, new = _model(tmp_path / "old", "5.23.0"), _model(tmp_path / "new", "5.24.0")
+    other = _model(tmp_path / "other", "5.23.0", b"\x01" * 10)
+    legacy = {"name": "m", "fingerprint": _legacy_fingerprint(old)}
+    (tmp_path / "run" / "checkpoint").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoint" / ADAPTER_META).write_text(json.dumps({"base_model": legacy, "checkpoint": True}))
+    meta = {"base_model": {"name": "m", "fingerprint": model_fingerprint(new), "fingerprint_format": 2}, "data": []}
+    assert _resumed_base_record(meta, tmp_path / "run", new) == {**meta, "base_model": legacy}
+    assert _resumed_base_record(meta, tmp_path / "run", other) == meta  # another model's checkpoint: not taken
+    assert _resumed_base_record(meta, tmp_path / "none", new) == meta and _resumed_base_record({}, tmp_path / "run", new) == {}
 
 
 # ---- CLI --------------------------------------------------------------------------------------
