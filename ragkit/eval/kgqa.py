@@ -37,6 +37,8 @@ from ragkit.errors import InputError, QueryError, RagkitError, UserError
 from ragkit.eval.engines import Engine, GraphJob, get_engine
 from ragkit.query.cypher import cypher_terms, unknown_cypher_terms
 from ragkit.query.sparql import named_and_unknown_terms
+from ragkit.stages.querygen.base import QueryGenOutput
+from ragkit.stages.retrievers.graph import GraphQueryRetriever
 from ragkit.stores.base import GraphSchema
 from ragkit.tokenomics.costs import percentile, stage_records
 
@@ -420,19 +422,21 @@ def _run_one(
     t0 = time.perf_counter()
     error = None
     outputs: dict[str, Any] = {}
+    stage_outputs: dict[str, Any] = {}
     trace = None
     try:
         with contextlib.ExitStack() as stack:
             for b in banks:
                 stack.enter_context(b.excluding(forbidden))
             res = pipe.run(question=it.question)
-        outputs, trace = res.outputs, res.trace
+        outputs, stage_outputs, trace = res.outputs, res.stage_outputs, res.trace
     except RagkitError as e:  # one failing item must not end the run
         error = f"{type(e).__name__}: {e}"
         trace = getattr(e, "trace", None)
     rows = outputs.get("rows") or []
     query = outputs.get("query") or ""
     error = error or outputs.get("error")
+    seconds = time.perf_counter() - t0
     return {
         "id": it.id,
         "query": query,
@@ -445,14 +449,46 @@ def _run_one(
         "valid": bool(query) and error is None,  # the chosen query ran without an error
         "timings": {
             "start": round(started, 4),  # wall clock: concurrent items' spans overlap (see tokenomics.costs.busy_seconds)
-            "total": round(time.perf_counter() - t0, 4),
+            "total": round(seconds, 4),
             "ttft": trace.ttft if trace else None,
             "stages": {s.name: round(s.seconds, 4) for s in trace.stages} if trace else {},
         },
         "tokens": {"in": trace.tokens_in if trace else 0, "out": trace.tokens_out if trace else 0},
         "schema_terms": schema_term_check(query, schema),
         "stages": stage_records(trace),
+        "candidates": _candidates(pipe, stage_outputs, it.answers),
     }
+
+
+def _candidates(pipe: Pipeline, stage_outputs: dict[str, Any], gold: list[list[Any]]) -> list[dict[str, Any]] | None:
+    """Every candidate query the generators made, each executed again to tell whether its rows match
+    the gold rows: how often the right query was among them and the selection missed it (the
+    ``oracle`` of ``benchmarks/candidates.py``). None when no generator ran.
+
+    A candidate is executed as the graph retriever executes the chosen one (its store, row limit and
+    time-out), so a candidate counts as right exactly when choosing it would have scored."""
+    made = [o.generated for o in stage_outputs.values() if isinstance(o, QueryGenOutput)]
+    retriever = next((st for st in pipe.stages.values() if isinstance(st, GraphQueryRetriever)), None)
+    if not made or retriever is None:
+        return None
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for generated in made:
+        for c in generated.candidates:
+            if c.query in seen:  # a fallback generator ranks the previous one's candidates with its own
+                continue
+            seen.add(c.query)
+            correct = False
+            if c.error is None and c.query:
+                try:
+                    res = retriever.store.query(c.query, timeout=retriever.timeout, limit=retriever.row_limit)
+                    correct = execution_match([list(r) for r in res.rows], gold)
+                except RagkitError:
+                    pass
+            out.append(
+                {"query": c.query, "origin": c.origin, "score": round(c.score, 4), "rows": c.rows, "votes": c.votes, "error": c.error, "correct": correct}
+            )
+    return out
 
 
 def _report(pipeline: str, dataset: str, items: list[KgqaItem], rows: list[dict[str, Any]], seconds: float) -> KgqaReport:

@@ -265,6 +265,52 @@ def test_predictions_have_the_required_keys_and_scores(runs: Runs) -> None:
     assert by_id["b2"]["confidence"] == 0.0 and by_id["p1"]["confidence"] > 0.5
 
 
+def test_predictions_record_every_candidate_and_whether_it_was_right(runs: Runs) -> None:
+    rows = {r["id"]: r for r in map(json.loads, runs.predictions.read_text(encoding="utf-8").splitlines())}
+    for r in rows.values():
+        assert r["candidates"] and r["candidates"][0]["origin"] == "greedy"
+        if r["valid"]:  # the greedy query ran and was kept: it is the chosen query, and right when the row is
+            assert r["candidates"][0]["query"] == r["query"] and r["candidates"][0]["correct"] == r["correct"]
+    assert all(c["error"] and not c["correct"] for c in rows["b2"]["candidates"])  # prose: nothing ran
+
+
+def test_a_right_candidate_the_selection_passed_over_is_found(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from ragkit.stages.querygen.base import GeneratedQuery, QueryCandidate, QueryGenOutput
+    from ragkit.stages.retrievers.graph import GraphQueryRetriever
+    from ragkit.stores.rdf import OxigraphStore
+
+    (tmp_path / "people.ttl").write_text(PEOPLE, encoding="utf-8")
+    store = OxigraphStore(path=str(tmp_path / "people.ttl"))
+    pipe = SimpleNamespace(stages={"retrieve": GraphQueryRetriever(store, row_limit=1)})
+    chosen = QueryCandidate(query=BOB_CITY, rows=1)
+    right = QueryCandidate(query=ANN_CITY, rows=1, origin="beam")
+    age = P + 'SELECT ?a WHERE { ?p rdfs:label "Ann" ; ex:age ?a }'
+    bad = QueryCandidate(query="SELECT nonsense", error="QueryParseError: ...", origin="beam")
+    first = QueryGenOutput(generated=GeneratedQuery(language="sparql", query=BOB_CITY, candidates=[chosen, right]), query=BOB_CITY)
+    # a fallback generator's output holds the first one's candidates again: each is reported once
+    fallback = GeneratedQuery(language="sparql", query=BOB_CITY, candidates=[chosen, QueryCandidate(query=age, rows=1, origin="repair"), bad])
+    outputs = {"first": first, "second": QueryGenOutput(generated=fallback, query=BOB_CITY), "other": SimpleNamespace()}
+    found = kgqa._candidates(pipe, outputs, [["Rome"]])  # type: ignore[arg-type]
+    assert found is not None
+    assert [(c["query"], c["origin"], c["correct"]) for c in found] == [
+        (BOB_CITY, "greedy", False),
+        (ANN_CITY, "beam", True),
+        (age, "repair", False),
+        ("SELECT nonsense", "beam", False),
+    ]
+    assert found[3]["error"].startswith("QueryParseError") and found[2]["rows"] == 1
+    # read as the retriever reads the chosen query (row_limit 1): two cities can't match a gold of two rows
+    every = P + "SELECT ?c WHERE { ?x a ex:City ; rdfs:label ?c }"
+    both = GeneratedQuery(language="sparql", query=every, candidates=[QueryCandidate(query=every, rows=1)])
+    cities = {"g": QueryGenOutput(generated=both, query=every)}
+    assert [c["correct"] for c in kgqa._candidates(pipe, cities, [["Oslo"], ["Rome"]]) or []] == [False]  # type: ignore[arg-type]
+    pipe.stages["retrieve"].row_limit = 5
+    assert [c["correct"] for c in kgqa._candidates(pipe, cities, [["Oslo"], ["Rome"]]) or []] == [True]  # type: ignore[arg-type]
+    assert kgqa._candidates(pipe, {}, [["Rome"]]) is None  # type: ignore[arg-type]
+
+
 def test_report(runs: Runs) -> None:
     rep = runs.full
     assert rep.n == N and rep.dataset == str(runs.dataset) and rep.pipeline == str(runs.pipeline)
