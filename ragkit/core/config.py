@@ -271,7 +271,8 @@ _EXTENDING_KEYS = {"extends", "set", "name", "description", "version"}
 def _extend(data: dict[str, Any], path: Path, doc: _Doc, seen: set[Path]) -> dict[str, Any]:
     """A pipeline file that names another (``extends: base.yaml``, relative to the file) and changes
     some of its parameters (``set: {querygen.constrained: false, resources.llm.adapter: PATH}``,
-    a null value removes the parameter): the base's dict with those changes, and this file's name.
+    a null value removes the parameter) or adds a resource (``resources.reviewer: {type: local_llm}``):
+    the base's dict with those changes, and this file's name.
 
     Variants of one pipeline (ablations, a fine-tuned model) stay one line each instead of copies.
     """
@@ -307,6 +308,16 @@ def _extend(data: dict[str, Any], path: Path, doc: _Doc, seen: set[Path]) -> dic
     stages = {st.get("name"): st for st in merged.get("stages", []) if isinstance(st, dict)}
     for dotted, value in changes.items():
         owner, _, param = str(dotted).rpartition(".")
+        if owner == "resources" and param:  # a whole resource: added (e.g. a second model), replaced, or removed
+            if value is not None and not (isinstance(value, dict) and isinstance(value.get("type"), str)):
+                message = f"'{dotted}' takes a resource: a mapping with its 'type' (e.g. {{type: local_llm}}), or null to remove it"
+                raise ConfigError(doc.at(("set", dotted), message))
+            resources = merged.setdefault("resources", {})
+            if value is None:
+                resources.pop(param, None)
+            else:
+                resources[param] = value
+            continue
         if owner.startswith("resources."):
             target = (merged.get("resources") or {}).get(owner[len("resources.") :])
             known = ", ".join(f"resources.{r}" for r in merged.get("resources") or {})

@@ -486,7 +486,16 @@ def _candidates(pipe: Pipeline, stage_outputs: dict[str, Any], gold: list[list[A
                 except RagkitError:
                     pass
             out.append(
-                {"query": c.query, "origin": c.origin, "score": round(c.score, 4), "rows": c.rows, "votes": c.votes, "error": c.error, "correct": correct}
+                {
+                    "query": c.query,
+                    "origin": c.origin,
+                    "score": round(c.score, 4),
+                    "review": None if c.review is None else round(c.review, 4),
+                    "rows": c.rows,
+                    "votes": c.votes,
+                    "error": c.error,
+                    "correct": correct,
+                }
             )
     return out
 

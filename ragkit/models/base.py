@@ -79,6 +79,15 @@ class LLM(Resource):
         """Tokens ``text`` takes with this model's tokenizer."""
         raise NotImplementedError
 
+    def score(self, prompts: Sequence[str | Sequence[ChatMessage]], continuation: str) -> list[float]:
+        """For each prompt, the model's mean log-probability per token of ``continuation`` as the
+        prompt's reply (a chat prompt gets the model's template, ending where the reply starts).
+
+        Used to rank candidates by how well each one explains a text (``selection: review`` in the
+        query generators). Models that cannot score (remote APIs) raise NotImplementedError.
+        """
+        raise NotImplementedError
+
     def render(self, messages: Sequence[ChatMessage]) -> str:
         """The exact text the model sees for ``messages`` (its chat template applied)."""
         raise NotImplementedError

@@ -488,6 +488,7 @@ class LocalLLM(LLM):
         self.prefix_cache = prefix_cache
         self._prefixes: list[tuple[list[int], Any]] = []
         self._cache_lock = threading.Lock()
+        self._score_lock = threading.Lock()  # score() calls run one at a time (each is a whole batch)
         self.device = device
         self.dtype = dtype
         self.threads = threads
@@ -631,6 +632,37 @@ class LocalLLM(LLM):
     def count_tokens(self, text: str) -> int:
         self.warm_up()
         return len(self._tok(text, add_special_tokens=False)["input_ids"])
+
+    def score(self, prompts: Sequence[str | Sequence[ChatMessage]], continuation: str) -> list[float]:
+        """The mean log-probability per token of ``continuation`` after each prompt: one forward pass
+        over a right-padded batch, on the caller's thread (float32 log-softmax of the logits)."""
+        import torch
+
+        self.warm_up()
+        if not prompts:
+            return []
+        tail = self._tok(continuation, add_special_tokens=False)["input_ids"]
+        if not tail:
+            raise ValueError("score: the continuation is empty")
+        heads = [self._tok(p if isinstance(p, str) else self.render(p), add_special_tokens=False)["input_ids"] for p in prompts]
+        width = max(len(h) for h in heads) + len(tail)
+        pad = self._tok.pad_token_id if self._tok.pad_token_id is not None else self._eos_ids[0]
+        ids = torch.full((len(heads), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(heads), width), dtype=torch.long)
+        for i, h in enumerate(heads):
+            ids[i, : len(h) + len(tail)] = torch.tensor(h + tail)
+            mask[i, : len(h) + len(tail)] = 1
+        t0 = time.perf_counter()
+        with self._score_lock, torch.inference_mode():
+            logits = self._model(input_ids=ids.to(self._model.device), attention_mask=mask.to(self._model.device), use_cache=False).logits
+        want = torch.tensor(tail)
+        out = []
+        for i, h in enumerate(heads):
+            # the logits at position t predict token t + 1: those from the prompt's last token on
+            step = logits[i, len(h) - 1 : len(h) - 1 + len(tail)].float().cpu()
+            out.append(float(torch.log_softmax(step, -1).gather(1, want[:, None]).mean()))
+        record(GenerationStats(tokens_in=int(mask.sum()), seconds=time.perf_counter() - t0))
+        return out
 
     def generate(
         self,

@@ -73,6 +73,8 @@ class ScriptedLLM(LLM):
         seconds_per_token: a delay per reply word, to stand in for a slow model.
         forced_tokens: what constrained calls report as forced steps.
         ended_rows: what constrained calls report as sequences the constraint ended.
+        scores: ``{substring: log-probability}`` for :meth:`score`: a prompt gets the value of the first
+            substring it holds, or 0.0.
 
     Example:
         >>> llm = ScriptedLLM(responses=["Paris."])
@@ -89,8 +91,12 @@ class ScriptedLLM(LLM):
         seconds_per_token: float = 0.0,
         forced_tokens: int = 0,
         ended_rows: int = 0,
+        scores: dict[str, float] | None = None,
     ) -> None:
         self.responses = list(responses or ["I don't know."])
+        self.scores = dict(scores or {})
+        self.scored: list[tuple[str, str]] = []
+        """The (rendered prompt, continuation) of each :meth:`score` call."""
         self.forced_tokens = forced_tokens
         """Reported as ``stats.forced_tokens`` of every constrained call (as if a constraint had overruled the model)."""
         self.ended_rows = ended_rows
@@ -111,6 +117,14 @@ class ScriptedLLM(LLM):
 
     def count_tokens(self, text: str) -> int:
         return len(re.findall(r"\w+|[^\w\s]", text))
+
+    def score(self, prompts: Sequence[str | Sequence[ChatMessage]], continuation: str) -> list[float]:
+        out = []
+        for p in prompts:
+            text = p if isinstance(p, str) else self.render(p)
+            self.scored.append((text, continuation))
+            out.append(next((v for k, v in self.scores.items() if k in text), 0.0))
+        return out
 
     def _next(self, prompt: str) -> str:
         for key, reply in self.rules.items():

@@ -63,6 +63,31 @@ def test_beam_candidates_are_distinct_and_scored(llm: LocalLLM) -> None:
     assert len(gen.scores) == 3 and all(s <= 0 for s in gen.scores)
 
 
+def test_score_is_the_mean_log_probability_of_the_continuation_alone_or_in_a_padded_batch() -> None:
+    import torch
+
+    llm = LocalLLM(device="cpu", dtype="float32")
+    msgs = [ChatMessage(role="user", content="What is the capital of France? Answer in one word.")]
+    longer = [ChatMessage(role="user", content="Name the city on the Seine that is the capital of France, in one word.")]
+    # by hand: the template's text, then the continuation's tokens
+    head = llm.tokenizer(llm.render(msgs), add_special_tokens=False)["input_ids"]
+    tail = llm.tokenizer("Paris", add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        logits = llm.hf_model(input_ids=torch.tensor([head + tail])).logits[0].float()
+    want = torch.log_softmax(logits[len(head) - 1 : -1], -1).gather(1, torch.tensor(tail)[:, None]).mean().item()
+    trace = StageTrace(name="review", type="test")
+    with recording(trace):
+        alone = llm.score([msgs], "Paris")
+        batch = llm.score([longer, msgs], "Paris")  # msgs right-padded to the longer prompt
+    assert alone[0] == pytest.approx(want, abs=1e-4) and batch[1] == pytest.approx(want, abs=1e-4)
+    assert trace.model_calls == 2 and trace.tokens_in == 2 * (len(head) + len(tail)) + llm.count_tokens(llm.render(longer)) + len(tail)
+    # a likely reply scores above an unlikely one
+    assert llm.score([msgs], "Paris")[0] > llm.score([msgs], "Potato salad")[0]
+    assert llm.score([], "Paris") == []
+    with pytest.raises(ValueError, match="continuation is empty"):
+        llm.score([msgs], "")
+
+
 def test_stop_strings_end_generation(llm: LocalLLM) -> None:
     gen = llm.generate("List: apple, banana, cherry, date, elderberry, fig,", max_new_tokens=30, stop=[","])
     assert "," not in gen.text

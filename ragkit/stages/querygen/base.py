@@ -20,6 +20,15 @@ always made, and the good candidates are ranked by how many other candidates ret
 preferred to a likelier query that stands alone. It needs a ``store``, and costs the beams on every
 question.
 
+With ``selection="review"`` (execution-guided selection with a reviewer) the greedy query and the
+beams are always made too, and the good candidates are ranked by the model's likelihood of the query
+plus a reviewer's likelihood of the question given the query: each candidate is shown to the
+``reviewer`` model (by default the generator's own) with "What question does it answer?", and scored
+by the mean log-probability per token of the user's question as its reply (Coder-Reviewer reranking,
+Zhang et al. 2022). A query that returns rows but answers another question (other columns, a dropped
+condition, another relationship) explains the question less well. It needs a model that can score
+(:meth:`~ragkit.models.base.LLM.score`: a local one).
+
 With ``constrained`` (the default) every one of them is decoded under a
 :class:`~ragkit.query.constrain.TermConstraint`: where the query names a class, property, label,
 relationship type or property key, the model can only spell one the graph's schema has. With
@@ -56,8 +65,13 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["QueryCandidate", "GeneratedQuery", "QueryGenOutput", "QueryGenerator", "SELECTIONS", "rows_key", "unknown_terms_message"]
 
-SELECTIONS = ("first", "vote")
-"""How a generator picks its query: the first good candidate (made lazily), or the answer most candidates agree on."""
+SELECTIONS = ("first", "vote", "review")
+"""How a generator picks its query: the first good candidate (made lazily), the answer most candidates
+agree on, or the candidate a reviewer finds explains the question best (with the query's likelihood)."""
+
+REVIEW_PROMPT = "Here is a {language} query:\n{query}\nWhat question does it answer?"
+"""What the reviewer is asked about each candidate; the user's question is scored as its reply."""
+_LANGUAGE_NAMES = {"sparql": "SPARQL", "cypher": "Cypher"}
 
 _EXECUTE_ROWS = 50
 """Rows a generator fetches when it executes a candidate: enough to compare two candidates' answers."""
@@ -88,6 +102,9 @@ class QueryCandidate(BaseModel):
     """With ``selection="vote"``: how many good candidates returned the same rows, itself included."""
     origin: str = "greedy"
     """How it was made: ``greedy``, ``beam`` or ``repair``."""
+    review: float | None = None
+    """With ``selection="review"``: the reviewer's mean log-probability per token of the question given
+    this query (good candidates only)."""
 
     @property
     def good(self) -> bool:
@@ -133,6 +150,7 @@ class QueryGenerator(Stage):
         constrained: bool = True,
         selection: str = "first",
         ground_literals: bool = True,
+        reviewer: LLM | None = None,
     ) -> None:
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, not {selection!r}")
@@ -153,6 +171,7 @@ class QueryGenerator(Stage):
         self.constrained = constrained
         self.selection = selection
         self.ground_literals = ground_literals
+        self.reviewer = reviewer
 
     # -- language-specific --------------------------------------------------------------------
     def postprocess(self, text: str, schema: GraphSchema) -> str:
@@ -195,8 +214,9 @@ class QueryGenerator(Stage):
         inherited = {id(c) for c in candidates}
         rec = current_recorder()
         vote = self.selection == "vote"
+        every = self.selection != "first"  # vote and review weigh every candidate: the beams are always made
         if previous is not None:
-            passed_on = not vote and bool(candidates) and candidates[0].good  # ranked: a good one comes first
+            passed_on = not every and bool(candidates) and candidates[0].good  # ranked: a good one comes first
             if rec is not None:
                 rec.note("fallback", not passed_on)
             if passed_on:
@@ -211,8 +231,8 @@ class QueryGenerator(Stage):
         forced, ended = self._collect(messages, 1, graph_schema, candidates, seen, "greedy", constraint)
         # Beams when the greedy query fails, and also when the constraint had to overrule the
         # model on it: a query forced into the schema runs, but the model was unsure of it. A vote
-        # always needs them.
-        if (vote or forced or not any(c.good for c in candidates)) and self.num_candidates > 1:
+        # and a review always need them.
+        if (every or forced or not any(c.good for c in candidates)) and self.num_candidates > 1:
             ended += self._collect(messages, self.num_candidates, graph_schema, candidates, seen, "beam", constraint)[1]
         repairs = 0
         while repairs < self.repair_rounds and not any(c.good for c in candidates):
@@ -227,10 +247,15 @@ class QueryGenerator(Stage):
             repairs += 1
         if not candidates:
             candidates.append(QueryCandidate(query="", score=0.0, error="the model wrote no query"))
-        ranked = self._vote(candidates) if vote else self._rank(candidates)
+        if self.selection == "review":
+            ranked = self._review(question, candidates)
+        else:
+            ranked = self._vote(candidates) if vote else self._rank(candidates)
         if rec is not None:
             if vote:
                 rec.note("votes", ranked[0].votes or 0)
+            if self.selection == "review":
+                rec.note("reviewed", sum(c.review is not None for c in ranked))
             if previous is not None:
                 rec.note("fallback_chosen", id(ranked[0]) not in inherited)
             rec.note("candidates", len(candidates))
@@ -286,6 +311,22 @@ class QueryGenerator(Stage):
     def _rank(candidates: list[QueryCandidate]) -> list[QueryCandidate]:
         # good (valid and non-empty) first, then valid, then by likelihood; stable for ties
         return sorted(candidates, key=lambda c: (not c.good, c.error is not None, -c.score))
+
+    def _review(self, question: str, candidates: list[QueryCandidate]) -> list[QueryCandidate]:
+        """Good candidates first, by the query's likelihood plus the reviewer's likelihood of the
+        question given the query (both mean log-probabilities per token); each gets its ``review``."""
+        good = [c for c in candidates if c.good]
+        if len(good) < 2:  # nothing to choose between
+            return self._rank(candidates)
+        language = _LANGUAGE_NAMES.get(self.language, self.language)
+        prompts = [[ChatMessage(role="user", content=REVIEW_PROMPT.format(language=language, query=c.query))] for c in good]
+        reviewer = self.reviewer or self.llm
+        try:
+            reviews = dict(zip(map(id, good), reviewer.score(prompts, question)))
+        except NotImplementedError:
+            raise ConfigError(f"selection 'review' needs a reviewer model that can score text; {type(reviewer).__name__} cannot (use a local_llm)") from None
+        scored = [c.model_copy(update={"review": reviews[id(c)]}) if id(c) in reviews else c for c in candidates]
+        return sorted(scored, key=lambda c: (not c.good, c.error is not None, -(c.score + (c.review or 0.0))))
 
     @staticmethod
     def _vote(candidates: list[QueryCandidate]) -> list[QueryCandidate]:

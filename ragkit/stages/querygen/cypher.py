@@ -48,10 +48,14 @@ class CypherQueryGenerator(QueryGenerator):
         constrained: decode under the schema's names (a logits processor over the model's
             tokenizer), so no candidate names a term the graph lacks; ``false`` for the ablation.
         selection: ``first`` (the default): the first good candidate, made lazily; ``vote``: always
-            make the beams, and prefer the rows most good candidates agree on (needs a store).
+            make the beams, and prefer the rows most good candidates agree on (needs a store);
+            ``review``: always make the beams, and prefer the good candidate whose likelihood plus the
+            reviewer's likelihood of the question given it is highest (a model that can score).
         ground_literals: with ``constrained``, a quoted string literal may only spell a piece of the
             question or of a graph value the entity linker found in it (letter case aside); ``false``
             leaves literals to the model.
+        reviewer: with ``selection: review``, the model that scores the question given each candidate
+            (by default ``llm``; a plain model when ``llm`` carries a query-writing adapter).
     """
 
     language = "cypher"

@@ -443,6 +443,21 @@ def test_a_file_can_extend_another_and_change_parameters(tmp_path: Path, in_repo
     assert d["connections"] == base["connections"]  # everything else is the base's
 
 
+def test_an_extending_file_can_add_a_resource_and_name_it(tmp_path: Path, in_repo: None) -> None:
+    variant = tmp_path / "review.yaml"
+    body = (
+        f"extends: {KGQA}\nset:\n  resources.reviewer: {{type: local_llm, dtype: float32}}\n"
+        "  querygen.selection: review\n  querygen.reviewer: reviewer\n"
+    )
+    variant.write_text(body + "  resources.embedder: null\n")
+    with pytest.raises(ConfigError, match="embedder"):  # removed, and still named by the examples bank
+        Pipeline.from_yaml(variant)
+    variant.write_text(body)
+    pipe = Pipeline.from_yaml(variant)
+    assert pipe.resources["reviewer"].dtype == "float32" and pipe.resources["reviewer"] is not pipe.resources["llm"]  # type: ignore[attr-defined]
+    assert pipe.stages["querygen"].reviewer is pipe.resources["reviewer"]  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -450,6 +465,7 @@ def test_a_file_can_extend_another_and_change_parameters(tmp_path: Path, in_repo
         ("extends: self.yaml\n", "cycle"),
         ("extends: {base}\nset:\n  nosuchstage.x: 1\n", "no stage or resource 'nosuchstage'"),
         ("extends: {base}\nset:\n  querygen.type: x\n", "cannot be changed"),
+        ("extends: {base}\nset:\n  resources.reviewer: local_llm\n", "takes a resource: a mapping with its 'type'"),
         ("extends: {base}\nstages: []\n", "takes only"),
     ],
 )

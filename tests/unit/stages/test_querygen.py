@@ -73,7 +73,7 @@ def test_defaults() -> None:
         ({"num_candidates": 0}, "num_candidates must be at least 1"),
         ({"repair_rounds": -1}, "repair_rounds must be 0 or more"),
         ({"max_new_tokens": 7}, "max_new_tokens must be at least 8"),
-        ({"selection": "best"}, "selection must be one of first, vote, not 'best'"),
+        ({"selection": "best"}, "selection must be one of first, vote, review, not 'best'"),
         ({"selection": "vote"}, "selection 'vote' compares the candidates' rows: give the generator a store"),
     ],
 )
@@ -572,6 +572,57 @@ def test_a_vote_pipeline_round_trips_and_records_the_winners_votes() -> None:
     result = pipe.run(question=QUESTION)
     assert result["query"] == GOOD_BOB and result["rows"] == OSLO
     assert result.trace.stage("querygen").extra["votes"] == 2
+
+
+# ---- selection by review ----------------------------------------------------------------------------
+# the reviewer's log-probability of the question given each query (found by a piece of its text)
+REVIEWS = {f"<{TINY}ann>": -2.0, f"<{TINY}bob>": -1.0, '"Bob"': -1.5}
+
+
+def test_a_review_ranks_good_candidates_by_likelihood_plus_the_reviewers_score(schema: Any) -> None:
+    # greedy GOOD (-0.1); beams GOOD again, GOOD_BOB (-0.2), OSLO_TOO (-0.3): with the reviews
+    # -2.1, -1.2 and -1.8
+    llm = ScriptedLLM(responses=[GOOD, GOOD, GOOD_BOB, OSLO_TOO], scores=REVIEWS)
+    out = generate(SparqlQueryGenerator(llm=llm, store=TinyGraphStore(answers={OSLO_TOO: OSLO}), num_candidates=3, selection="review"), schema)
+    assert len(llm.prompts) == 2  # the greedy query was good, and the beams were still made
+    assert [(c.query, c.review) for c in out.generated.candidates] == [(GOOD_BOB, -1.0), (OSLO_TOO, -1.5), (GOOD, -2.0)]
+    assert out.query == GOOD_BOB
+    assert [question for _, question in llm.scored] == [QUESTION] * 3
+    prompt = next(text for text, _ in llm.scored if GOOD_BOB in text)
+    assert "Here is a SPARQL query:" in prompt and prompt.rstrip().endswith("What question does it answer?\n<|assistant|>")
+
+
+def test_a_review_scores_only_good_candidates_and_needs_two(schema: Any) -> None:
+    llm = ScriptedLLM(responses=[EMPTY, EMPTY2, GOOD], scores=REVIEWS)  # two empty queries, one with rows
+    out = generate(SparqlQueryGenerator(llm=llm, store=TinyGraphStore(), num_candidates=2, repair_rounds=0, selection="review"), schema)
+    assert out.query == GOOD and llm.scored == [] and all(c.review is None for c in out.generated.candidates)
+
+
+def test_the_reviewer_can_be_another_model_and_must_be_able_to_score(schema: Any) -> None:
+    class CannotScore(ScriptedLLM):
+        def score(self, prompts: Any, continuation: str) -> list[float]:
+            raise NotImplementedError
+
+    replies = [GOOD, GOOD_BOB]  # greedy -0.1, beams GOOD_BOB -0.1 (GOOD again is a duplicate)
+    writer = ScriptedLLM(responses=replies, scores={f"<{TINY}ann>": -5.0})
+    reviewer = ScriptedLLM(scores=REVIEWS)
+    gen = SparqlQueryGenerator(llm=writer, store=TinyGraphStore(), num_candidates=2, selection="review", reviewer=reviewer)
+    assert generate(gen, schema).query == GOOD_BOB and writer.scored == [] and len(reviewer.scored) == 2
+    gen = SparqlQueryGenerator(llm=ScriptedLLM(responses=replies), store=TinyGraphStore(), num_candidates=2, selection="review", reviewer=CannotScore())
+    with pytest.raises(ConfigError, match="selection 'review' needs a reviewer model that can score"):
+        generate(gen, schema)
+
+
+def test_a_review_pipeline_round_trips_and_records_the_reviewed_candidates() -> None:
+    spec = sparql_spec(selection="review", reviewer="reviewer")
+    spec["resources"]["llm"]["responses"] = [GOOD, GOOD_BOB, OSLO_TOO]
+    spec["resources"]["reviewer"] = {"type": "scripted_llm", "scores": REVIEWS}
+    spec["resources"]["graph"]["answers"] = {OSLO_TOO: OSLO}
+    pipe = Pipeline.from_dict(spec)
+    assert Pipeline.from_dict(pipe.to_dict()) == pipe and pipe.to_dict()["stages"][1]["reviewer"] == "reviewer"
+    result = pipe.run(question=QUESTION)
+    assert result["query"] == GOOD_BOB and result["rows"] == OSLO
+    assert result.trace.stage("querygen").extra["reviewed"] == 3
 
 
 def fallback_spec(first: list[str], second: list[str]) -> dict[str, Any]:
