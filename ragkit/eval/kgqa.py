@@ -436,7 +436,6 @@ def _run_one(
     rows = outputs.get("rows") or []
     query = outputs.get("query") or ""
     error = error or outputs.get("error")
-    seconds = time.perf_counter() - t0
     return {
         "id": it.id,
         "query": query,
@@ -449,7 +448,7 @@ def _run_one(
         "valid": bool(query) and error is None,  # the chosen query ran without an error
         "timings": {
             "start": round(started, 4),  # wall clock: concurrent items' spans overlap (see tokenomics.costs.busy_seconds)
-            "total": round(seconds, 4),
+            "total": round(time.perf_counter() - t0, 4),  # before the candidates are executed again below
             "ttft": trace.ttft if trace else None,
             "stages": {s.name: round(s.seconds, 4) for s in trace.stages} if trace else {},
         },

@@ -81,17 +81,7 @@ def model_fingerprint(folder: str | Path) -> str:
     checkpoints (hashing them in full on every load would take longer than loading them).
     """
     folder = Path(folder)
-    config = folder / "config.json"
-    raw = config.read_bytes() if config.is_file() else None
-    if raw is not None:
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, dict):
-            parsed.pop("transformers_version", None)
-            raw = json.dumps(parsed, sort_keys=True, separators=(",", ":")).encode()
-    return _hash(raw, _weight_samples(folder))
+    return _hash(_canonical_config(_config_bytes(folder)), _weight_samples(folder))
 
 
 def base_model_matches(record: dict[str, Any], folder: str | Path) -> bool:
@@ -102,18 +92,37 @@ def base_model_matches(record: dict[str, Any], folder: str | Path) -> bool:
     transformers releases ragkit supported then, has that fingerprint.
     """
     want = record.get("fingerprint")
-    if not want or want == model_fingerprint(folder):
+    if not want:
+        return True
+    raw, samples = _config_bytes(Path(folder)), _weight_samples(Path(folder))  # read once for every hash below
+    if want == _hash(_canonical_config(raw), samples):
         return True
     if record.get("fingerprint_format"):
         return False
-    config = Path(folder) / "config.json"
-    raw = config.read_bytes() if config.is_file() else None
-    samples = _weight_samples(Path(folder))
     if _hash(raw, samples) == want:
         return True
     if raw is None or not _VERSION_FIELD.search(raw):
         return False
     return any(_hash(_VERSION_FIELD.sub(rb"\g<1>" + v.encode() + rb"\g<3>", raw, count=1), samples) == want for v in _LEGACY_TRANSFORMERS)
+
+
+def _config_bytes(folder: Path) -> bytes | None:
+    config = folder / "config.json"
+    return config.read_bytes() if config.is_file() else None
+
+
+def _canonical_config(raw: bytes | None) -> bytes | None:
+    """``config.json`` without ``transformers_version``, keys sorted (as it was when it does not parse)."""
+    if raw is None:
+        return None
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return raw
+    if not isinstance(parsed, dict):
+        return raw
+    parsed.pop("transformers_version", None)
+    return json.dumps(parsed, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _weight_samples(folder: Path) -> list[bytes]:
