@@ -634,10 +634,8 @@ class LocalLLM(LLM):
         return len(self._tok(text, add_special_tokens=False)["input_ids"])
 
     def score(self, prompts: Sequence[str | Sequence[ChatMessage]], continuation: str) -> list[float]:
-        """The mean log-probability per token of ``continuation`` after each prompt: one forward pass
-        over a right-padded batch, on the caller's thread (float32 log-softmax of the logits)."""
-        import torch
-
+        """The mean log-probability per token of ``continuation`` after each prompt (one batch, on the
+        caller's thread): :meth:`continuation_logprobs` over the prompts' tokens."""
         self.warm_up()
         if not prompts:
             return []
@@ -645,24 +643,43 @@ class LocalLLM(LLM):
         if not tail:
             raise ValueError("score: the continuation is empty")
         heads = [self._tok(p if isinstance(p, str) else self.render(p), add_special_tokens=False)["input_ids"] for p in prompts]
-        width = max(len(h) for h in heads) + len(tail)
-        pad = self._tok.pad_token_id if self._tok.pad_token_id is not None else self._eos_ids[0]
-        ids = torch.full((len(heads), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(heads), width), dtype=torch.long)
-        for i, h in enumerate(heads):
-            ids[i, : len(h) + len(tail)] = torch.tensor(h + tail)
-            mask[i, : len(h) + len(tail)] = 1
         t0 = time.perf_counter()
-        with self._score_lock, torch.inference_mode():
-            logits = self._model(input_ids=ids.to(self._model.device), attention_mask=mask.to(self._model.device), use_cache=False).logits
-        want = torch.tensor(tail)
-        out = []
-        for i, h in enumerate(heads):
-            # the logits at position t predict token t + 1: those from the prompt's last token on
-            step = logits[i, len(h) - 1 : len(h) - 1 + len(tail)].float().cpu()
-            out.append(float(torch.log_softmax(step, -1).gather(1, want[:, None]).mean()))
-        record(GenerationStats(tokens_in=int(mask.sum()), seconds=time.perf_counter() - t0))
+        with self._score_lock:
+            out, tokens = self.continuation_logprobs(heads, tail, batch_size=len(heads))
+        record(GenerationStats(tokens_in=tokens, seconds=time.perf_counter() - t0))
         return out
+
+    def continuation_logprobs(self, prefixes: Sequence[list[int]], continuation: list[int], batch_size: int = 8) -> tuple[list[float], int]:
+        """For each prefix of token ids, the mean log-probability per token of the ``continuation`` ids
+        after it, and the tokens read in all. Right-padded batches of ``batch_size``; only the
+        continuation's positions go through the LM head (full-vocabulary logits for every prefix token
+        would cost gigabytes for a batch), in float32."""
+        import torch
+
+        self.warm_up()
+        model = self._model.get_base_model() if hasattr(self._model, "get_base_model") else self._model  # an unmerged adapter stays applied
+        pad = self._tok.pad_token_id if self._tok.pad_token_id is not None else self._eos_ids[0]
+        n = len(continuation)
+        out: list[float] = []
+        tokens = 0
+        for start in range(0, len(prefixes), batch_size):
+            seqs = [[*p, *continuation] for p in prefixes[start : start + batch_size]]
+            width = max(len(q) for q in seqs)
+            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for r, q in enumerate(seqs):
+                ids[r, : len(q)] = torch.tensor(q)
+                mask[r, : len(q)] = 1
+            tokens += int(mask.sum())
+            with torch.inference_mode():
+                hidden = model.base_model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).last_hidden_state
+                # the hidden state at position t predicts token t + 1: from the prefix's last token on
+                rows = torch.cat([torch.full((n,), r) for r in range(len(seqs))])
+                cols = torch.cat([torch.arange(len(q) - n - 1, len(q) - 1) for q in seqs])
+                logp = torch.log_softmax(model.get_output_embeddings()(hidden[rows, cols]).float(), dim=-1)
+                target = torch.tensor(continuation * len(seqs), device=logp.device)
+                out.extend(logp.gather(1, target[:, None])[:, 0].view(len(seqs), n).mean(dim=1).tolist())
+        return out, tokens
 
     def generate(
         self,

@@ -141,44 +141,21 @@ class QueryLikelihoodScorer(RelevanceScorer):
 
     def score(self, question: str, texts: Sequence[str]) -> Any:
         import numpy as np
-        import torch
 
         self.warm_up()
         if not texts:
             return np.zeros(0, dtype="float32")
-        tok, model = self.llm.tokenizer, self.llm.hf_model  # type: ignore[attr-defined]
+        tok = self.llm.tokenizer  # type: ignore[attr-defined]
         q_ids = tok(" " + question.strip(), add_special_tokens=False)["input_ids"]
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        out: list[float] = []
-        n_tokens = 0
-        for i in range(0, len(texts), self.batch_size):
-            seqs, starts = [], []
-            for t in texts[i : i + self.batch_size]:
-                p_ids = tok(t, add_special_tokens=False)["input_ids"][: self.max_passage_tokens]
-                pre, post = self.template.split("{passage}", 1)
-                prefix = tok(pre, add_special_tokens=False)["input_ids"] + p_ids + tok(post, add_special_tokens=False)["input_ids"]
-                if tok.bos_token_id is not None and getattr(tok, "add_bos_token", False):
-                    prefix = [tok.bos_token_id, *prefix]
-                seqs.append(prefix + q_ids)
-                starts.append(len(prefix))
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for r, s in enumerate(seqs):
-                ids[r, : len(s)] = torch.tensor(s)
-                mask[r, : len(s)] = 1
-            n_tokens += int(mask.sum())
-            with torch.inference_mode():
-                hidden = model.base_model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).last_hidden_state
-                # Only the question's positions go through the LM head: full-vocabulary logits for
-                # every passage token would cost gigabytes for a batch.
-                rows = torch.cat([torch.full((len(q_ids),), r) for r in range(len(seqs))])
-                cols = torch.cat([torch.arange(st - 1, st - 1 + len(q_ids)) for st in starts])
-                logits = model.get_output_embeddings()(hidden[rows, cols]).float()
-                logp = torch.log_softmax(logits, dim=-1)
-                target = torch.tensor(q_ids * len(seqs), device=logp.device)
-                tok_lp = logp.gather(1, target[:, None])[:, 0].view(len(seqs), len(q_ids))
-            out.extend(tok_lp.mean(dim=1).tolist())
+        pre, post = self.template.split("{passage}", 1)
+        prefixes = []
+        for t in texts:
+            p_ids = tok(t, add_special_tokens=False)["input_ids"][: self.max_passage_tokens]
+            prefix = tok(pre, add_special_tokens=False)["input_ids"] + p_ids + tok(post, add_special_tokens=False)["input_ids"]
+            if tok.bos_token_id is not None and getattr(tok, "add_bos_token", False):
+                prefix = [tok.bos_token_id, *prefix]
+            prefixes.append(prefix)
+        out, n_tokens = self.llm.continuation_logprobs(prefixes, q_ids, self.batch_size)  # type: ignore[attr-defined]
         rec = current_recorder()
         if rec is not None:
             rec.add_tokens(tokens_in=n_tokens)
