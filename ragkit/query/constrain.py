@@ -42,6 +42,8 @@ from ragkit.query.cypher import (
     RelationshipEnds,
     _label_names,
     _type_names,
+    ends_in_return,
+    extract_cypher,
     far_labels,
     past_final_return,
     property_owners,
@@ -141,6 +143,7 @@ class TermConstraint:
         ends: RelationshipEnds | None = None,
         keys: dict[str, set[str]] | None = None,
         over: Callable[[str], bool] | None = None,
+        whole: Callable[[str], bool] | None = None,
     ) -> None:
         self.places = list(places)
         self.triggers = triggers
@@ -162,6 +165,9 @@ class TermConstraint:
         self._over = over
         """Whether a partial query is over: whatever it writes next would be cut from it (Cypher: a
         read clause begun after the final ``RETURN``)."""
+        self._whole = whole
+        """Whether a partial query may end here (Cypher: its last clause returns something, so that
+        ``... WITH p, count(m) AS n ORDER BY n DESC LIMIT 1`` goes on to a ``RETURN``)."""
         self.sources: tuple[str, ...] = ()
         """The texts (lower case) a quoted string literal must be a piece of; empty: literals are free."""
 
@@ -243,7 +249,7 @@ class TermConstraint:
             return None
         strings = re.compile(r'"(?:[^"\\\n]|\\.)*"?|\'(?:[^\'\\\n]|\\.)*\'?|`[^`]*`?|//[^\n]*')
         ends = relationship_ends(schema)
-        return cls(places, ":.|>" if ends else ":.|", strings, ends=ends, keys=property_owners(schema), over=past_final_return)
+        return cls(places, ":.|>" if ends else ":.|", strings, ends=ends, keys=property_owners(schema), over=past_final_return, whole=_whole_cypher)
 
     # -- checks -----------------------------------------------------------------------------------
     def blank_literals(self, text: str) -> str:
@@ -254,6 +260,10 @@ class TermConstraint:
     def over(self, text: str) -> bool:
         """Whether the query ``text`` begins is over: what it writes from here on would be cut from it."""
         return self._over is not None and not self.inside_literal(text) and self._over(text)
+
+    def may_end(self, text: str) -> bool:
+        """Whether the query ``text`` begins may end here, as far as its clauses go."""
+        return self._whole is None or self._whole(text)
 
     def open_literal(self, text: str) -> tuple[str, str] | None:
         """``(quote, written so far)`` when ``text`` ends inside a quoted string literal, else None."""
@@ -364,6 +374,10 @@ class TermConstraint:
             if open_:
                 return place, name
         return None
+
+
+def _whole_cypher(text: str) -> bool:
+    return ends_in_return(extract_cypher(text))
 
 
 def _sparql_term_position(plain: str, start: int) -> str | None:
@@ -518,7 +532,8 @@ class TermLogitsProcessor:
         constraint: the names allowed, from :meth:`TermConstraint.for_schema`.
         tokenizer: the generating model's tokenizer.
         prompt_length: tokens of the prompt in ``input_ids`` (only what follows is the query).
-        eos_ids: token ids that end the generation (allowed only outside an unfinished name).
+        eos_ids: token ids that end the generation (allowed only outside an unfinished name, and where
+            the constraint says the query may end).
     """
 
     def __init__(self, constraint: TermConstraint, tokenizer: Any, prompt_length: int, eos_ids: Iterable[int] = ()) -> None:
@@ -596,6 +611,10 @@ class TermLogitsProcessor:
             return None
         return sorted(i for i in self.vocab.grounded(*literal, c.sources) if i < width) or None
 
+    def _end_ids(self, width: int) -> list[int]:
+        """The end tokens and the other special tokens: what would end the query here."""
+        return [i for i in self.eos_ids if i < width] + [i for i in self.vocab.special if i < width and i not in self.eos_ids]
+
     def _banned(self, text: str, width: int) -> Any:
         """Token ids that would make ``text`` name something the schema lacks (an int64 array)."""
         c, v = self.constraint, self.vocab
@@ -606,11 +625,14 @@ class TermLogitsProcessor:
         start = len(window)
         state = c.open_name(window, ctx)
         banned: list[int] = list(self._ungrounded_openers(width)) if c.sources else []
+        may_end = c.may_end(text)
         # tokens that could open a name: judged by writing them out
         for i in v.with_any(c.triggers):
             if i < width and not c.accepts(window + v.strings[i], start, ctx):
                 banned.append(i)
         if state is None:
+            if not may_end:
+                banned.extend(self._end_ids(width))
             return np.asarray(banned, dtype=np.int64)
         place, partial = state
         groups: list[Any] = []  # whole groups of tokens banned at once
@@ -637,7 +659,6 @@ class TermLogitsProcessor:
                 ok = place.prefix(whole) if run == len(whole) else place.complete(whole[:run])
                 if not ok:
                     banned.append(i)
-        if not complete:
-            banned.extend(i for i in self.eos_ids if i < width)
-            banned.extend(i for i in v.special if i < width and i not in self.eos_ids)
+        if not complete or not may_end:
+            banned.extend(self._end_ids(width))
         return np.concatenate([np.asarray(banned, dtype=np.int64), *groups])

@@ -19,6 +19,8 @@ __all__ = [
     "variable_owners",
     "property_owners",
     "past_final_return",
+    "final_clause",
+    "ends_in_return",
 ]
 
 # A query starts at its first clause. Write clauses count too (upper-case only, so prose like "create"
@@ -44,22 +46,49 @@ _UPPER_CLAUSE = re.compile(_CLAUSE_WORDS)
 _READ_CLAUSES = {"RETURN", "MATCH", "WITH", "UNWIND", "CALL"}
 
 
-def _after_final_return(query: str, clause: re.Pattern[str] = _CLAUSE) -> int | None:
-    """Where a read clause follows ``query``'s final ``RETURN`` (outside braces and brackets, with no
-    ``UNION`` between), or None."""
-    plain = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', lambda m: " " * len(m.group(0)), query)
-    returned = False
+def _top_clauses(query: str, clause: re.Pattern[str] = _CLAUSE) -> list[tuple[str, int, int]]:
+    """Each clause at the top level of ``query`` (outside subqueries, pattern comprehensions, maps,
+    strings and backquoted names): its word, upper case (``OPTIONAL MATCH`` as ``MATCH``), and where
+    the word starts and ends."""
+    plain = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', lambda m: " " * len(m.group(0)), query)
+    out = []
     for m in clause.finditer(plain):
         before = plain[: m.start()]
-        if sum(before.count(c) for c in "([{") != sum(before.count(c) for c in ")]}"):
-            continue  # inside a subquery, a pattern comprehension or a map
-        word = m.group(1).upper().split()[-1]
+        if sum(before.count(c) for c in "([{") == sum(before.count(c) for c in ")]}"):
+            out.append((m.group(1).upper().split()[-1], m.start(), m.end()))
+    return out
+
+
+def final_clause(query: str) -> str | None:
+    """The word of ``query``'s last clause at the top level, upper case: ``'RETURN'``, ``'WITH'``,
+    ...; None when it has none."""
+    clauses = _top_clauses(query)
+    return clauses[-1][0] if clauses else None
+
+
+def ends_in_return(query: str) -> bool:
+    """Whether ``query`` is a whole read query: its last clause returns something (``... RETURN
+    m.title``), or it is a procedure call alone (``CALL db.labels()``, which may yield without
+    ``RETURN``). ``MATCH (p:Person) WITH p, count(*) AS n ORDER BY n DESC LIMIT 1`` is not: Neo4j
+    refuses a query that ends in ``WITH``, and an embedded engine that runs it returns whatever the
+    ``WITH`` carries (whole nodes)."""
+    clauses = _top_clauses(query)
+    if [word for word, _, _ in clauses] == ["CALL"]:
+        return True
+    return bool(clauses) and clauses[-1][0] == "RETURN" and bool(query[clauses[-1][2] :].strip())
+
+
+def _after_final_return(query: str, clause: re.Pattern[str] = _CLAUSE) -> int | None:
+    """Where a read clause follows ``query``'s final ``RETURN`` (at the top level, with no ``UNION``
+    between), or None."""
+    returned = False
+    for word, start, _ in _top_clauses(query, clause):
         if word == "RETURN":
             returned = True
         elif word == "UNION":
             returned = False
         elif returned and word in _READ_CLAUSES:
-            return m.start()
+            return start
     return None
 
 

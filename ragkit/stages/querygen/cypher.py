@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from ragkit.core.component import register_stage
 from ragkit.errors import QueryError
-from ragkit.query.cypher import extract_cypher, misdirected_relationships, misplaced_properties, unknown_cypher_terms
+from ragkit.query.cypher import ends_in_return, extract_cypher, final_clause, misdirected_relationships, misplaced_properties, unknown_cypher_terms
 from ragkit.query.guard import check_read_only
 from ragkit.stages.querygen.base import QueryGenerator, unknown_terms_message
 from ragkit.stores.base import GraphSchema
@@ -69,6 +69,10 @@ class CypherQueryGenerator(QueryGenerator):
             check_read_only(query, "cypher")
         except QueryError as e:
             return str(e)
+        if not ends_in_return(query):
+            last = final_clause(query)
+            ends = f"it ends in {last}" if last and last != "RETURN" else "it returns nothing"
+            return f"the query is unfinished: {ends}; a read query ends with RETURN and what the question asks for"
         bad = unknown_cypher_terms(query, schema)
         if bad:
             return unknown_terms_message(

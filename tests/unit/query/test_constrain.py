@@ -241,6 +241,20 @@ def test_processor_ends_a_cypher_query_that_goes_on_after_its_final_return(cyphe
     assert scores[0, 0] == 0.0  # the end token at probability 1: a beam's score is not changed by it
 
 
+def test_processor_lets_a_cypher_query_end_only_after_a_return(cypher: TermConstraint) -> None:
+    tok = _Tokenizer(["a", "MATCH", " (", "p", ":", "Person", ")", " WITH", " p", " RETURN", " LIMIT", " 1", "\n"])
+    proc = TermLogitsProcessor(cypher, tok, prompt_length=0, eos_ids=[0])
+    allowed = _allowed(proc, tok, "MATCH (p:Person) WITH p LIMIT 1")
+    assert "<eos>" not in allowed and {" RETURN", "\n"} <= allowed  # a query that ends in WITH goes on
+    assert "<eos>" not in _allowed(proc, tok, "MATCH (p:Person) RETURN")  # nothing returned yet
+    assert "<eos>" in _allowed(proc, tok, "MATCH (p:Person) WITH p LIMIT 1 RETURN p")
+    proc = TermLogitsProcessor(cypher, tok, prompt_length=0, eos_ids=[0])
+    scores = torch.zeros(1, len(tok))
+    scores[0, 0] = 5.0  # the model would end
+    proc(torch.tensor([[tok.pieces.index(x) for x in _split("MATCH (p:Person) WITH p", tok)]]), scores)
+    assert proc.forced == 1  # ruling out the end overrules the model (beams follow in the generator)
+
+
 def test_processor_reads_only_the_generated_part(sparql: TermConstraint) -> None:
     tok = _Tokenizer(PIECES)
     prompt = [tok.pieces.index(" :bands")]  # a wrong name in the prompt is not the model's

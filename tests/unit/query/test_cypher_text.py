@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ragkit.query.cypher import extract_cypher, misdirected_relationships, misplaced_properties, past_final_return, unknown_cypher_terms
+from ragkit.query.cypher import ends_in_return, extract_cypher, misdirected_relationships, misplaced_properties, past_final_return, unknown_cypher_terms
 from ragkit.stores.base import GraphSchema, SchemaClass, SchemaProperty
 
 Q = "MATCH (p:Person)-[:LIVES_IN]->(c:City) RETURN c.name"
@@ -227,3 +227,25 @@ def test_misplaced_properties(keyed_schema: GraphSchema, query: str, wrong: list
 def test_a_schema_without_keys_per_label_checks_no_property() -> None:
     flat = GraphSchema(language="cypher", classes=(SchemaClass(name="Movie"),), properties=(SchemaProperty(name="name", kind="node_property"),))
     assert misplaced_properties("MATCH (m:Movie) RETURN m.title", flat) == []
+
+
+# ---- ends_in_return -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "query, whole",
+    [
+        ("MATCH (m:Movie) RETURN m.title", True),
+        ("MATCH (p:Person) CALL { WITH p MATCH (p)-->(m) RETURN count(m) AS n } RETURN p.name, n", True),
+        ("MATCH (a:Person) RETURN a.name UNION MATCH (b:Movie) RETURN b.title", True),
+        ("CALL db.labels()", True),
+        ("CALL db.labels() YIELD label", True),
+        # the last clause is not a RETURN: Neo4j refuses these
+        ("MATCH (p:Person)-[:ACTED_IN]->(m:Movie) WITH p, count(m) AS n ORDER BY n DESC LIMIT 1", False),
+        ("MATCH (m:Movie) WHERE m.title = 'RETURN me'", False),
+        ("MATCH (a:Person) RETURN a.name UNION MATCH (b:Movie) WITH b", False),
+        ("MATCH (p:Person) RETURN ", False),
+        ("MATCH (p:Person) CALL db.labels() YIELD label", False),
+        ("", False),
+    ],
+)
+def test_ends_in_return(query: str, whole: bool) -> None:
+    assert ends_in_return(query) is whole

@@ -374,6 +374,10 @@ def cypher(gen: CypherQueryGenerator, question: str = QUESTION, **kw: Any) -> Qu
             "MATCH (p:Person {name: 'Ann'}) RETURN p.population",
             "property read from a label that does not have it: p.population (a :Person has name; population is on :City)",
         ),
+        (
+            "MATCH (p:Person)-[:LIVES_IN]->(c:City) WITH c, count(p) AS n ORDER BY n DESC LIMIT 1",
+            "the query is unfinished: it ends in WITH; a read query ends with RETURN",
+        ),
     ],
 )
 def test_cypher_unknown_terms_are_reported_and_repaired(reply: str, error: str) -> None:
