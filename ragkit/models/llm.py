@@ -534,7 +534,7 @@ class LocalLLM(LLM):
         pad = self._tok.pad_token_id
         self._end_ids = set(self._eos_ids) | ({pad} if pad is not None else set())
         self.context_window = int(getattr(self._model.config, "max_position_embeddings", 2048) or 2048)
-        self._no_logits = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self._model.forward).parameters else {}
+        self._no_logits = {"logits_to_keep": 1} if "logits_to_keep" in forward_parameters(self._model) else {}
         self._cache_kw = cache_keyword(self._model)
         # Continuous batching edits the key/value cache row by row: plain growing layers only (not, for
         # example, the sliding windows of Gemma 3, whose batches decode as fixed batches).

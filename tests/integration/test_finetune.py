@@ -54,6 +54,28 @@ def test_local_llm_with_the_adapter_writes_differently(adapter: tuple[Path, list
     assert tuned.hf_model is not base.hf_model  # the shared base weights were not modified
 
 
+def test_an_unmerged_adapter_keeps_only_the_last_positions_logits(adapter: tuple[Path, list[dict]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept apart (``merge_adapter: false``), the adapter wraps the model in peft, whose forward pass
+    takes anything: the prompt's pass must still ask for the last position's logits only."""
+    from ragkit.models.llm import LocalLLM
+
+    out, _ = adapter
+    llm = LocalLLM(device="cpu", dtype="float32", adapter=str(out), merge_adapter=False)
+    llm.warm_up()
+    model = llm.hf_model
+    assert hasattr(model, "get_base_model")  # the peft wrapper, not merged weights
+    forward, positions = model.forward, []
+
+    def spy(*args: object, **kwargs: object) -> object:
+        result = forward(*args, **kwargs)
+        positions.append(result.logits.shape[1])
+        return result
+
+    monkeypatch.setattr(model, "forward", spy)
+    llm.generate("Write a SPARQL query that lists every band and its name.", max_new_tokens=4)
+    assert positions and max(positions) == 1
+
+
 def test_adapter_for_another_base_model_is_refused(adapter: tuple[Path, list[dict]], tmp_path: Path) -> None:
     from ragkit.models.llm import LocalLLM
 
