@@ -377,7 +377,14 @@ class TermConstraint:
 
 
 def _whole_cypher(text: str) -> bool:
-    return ends_in_return(extract_cypher(text))
+    """A reply may end once the query in it returns something, or before any query has begun (a reply
+    of prose only ends as the model wants, and is refused afterwards, rather than running on to the
+    token limit)."""
+    query = extract_cypher(text)
+    return not _CYPHER_BEGUN.search(query) or ends_in_return(query)
+
+
+_CYPHER_BEGUN = re.compile(r"\b(?:MATCH|WITH|UNWIND|CALL|RETURN)\b")  # upper case: prose's "match" begins no query
 
 
 def _sparql_term_position(plain: str, start: int) -> str | None:

@@ -248,6 +248,7 @@ def test_processor_lets_a_cypher_query_end_only_after_a_return(cypher: TermConst
     assert "<eos>" not in allowed and {" RETURN", "\n"} <= allowed  # a query that ends in WITH goes on
     assert "<eos>" not in _allowed(proc, tok, "MATCH (p:Person) RETURN")  # nothing returned yet
     assert "<eos>" in _allowed(proc, tok, "MATCH (p:Person) WITH p LIMIT 1 RETURN p")
+    assert "<eos>" in _allowed(proc, tok, "a")  # no query begun: prose may end (the check refuses it)
     proc = TermLogitsProcessor(cypher, tok, prompt_length=0, eos_ids=[0])
     scores = torch.zeros(1, len(tok))
     scores[0, 0] = 5.0  # the model would end
