@@ -42,12 +42,11 @@ from ragkit.query.cypher import (
     RelationshipEnds,
     _label_names,
     _type_names,
-    ends_in_return,
-    extract_cypher,
     far_labels,
     past_final_return,
     property_owners,
     relationship_ends,
+    reply_may_end,
     variable_owners,
 )
 from ragkit.query.sparql import _STANDARD_NS
@@ -249,7 +248,7 @@ class TermConstraint:
             return None
         strings = re.compile(r'"(?:[^"\\\n]|\\.)*"?|\'(?:[^\'\\\n]|\\.)*\'?|`[^`]*`?|//[^\n]*')
         ends = relationship_ends(schema)
-        return cls(places, ":.|>" if ends else ":.|", strings, ends=ends, keys=property_owners(schema), over=past_final_return, whole=_whole_cypher)
+        return cls(places, ":.|>" if ends else ":.|", strings, ends=ends, keys=property_owners(schema), over=past_final_return, whole=reply_may_end)
 
     # -- checks -----------------------------------------------------------------------------------
     def blank_literals(self, text: str) -> str:
@@ -374,17 +373,6 @@ class TermConstraint:
             if open_:
                 return place, name
         return None
-
-
-def _whole_cypher(text: str) -> bool:
-    """A reply may end once the query in it returns something, or before any query has begun (a reply
-    of prose only ends as the model wants, and is refused afterwards, rather than running on to the
-    token limit)."""
-    query = extract_cypher(text)
-    return not _CYPHER_BEGUN.search(query) or ends_in_return(query)
-
-
-_CYPHER_BEGUN = re.compile(r"\b(?:MATCH|WITH|UNWIND|CALL|RETURN)\b")  # upper case: prose's "match" begins no query
 
 
 def _sparql_term_position(plain: str, start: int) -> str | None:

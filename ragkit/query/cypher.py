@@ -21,6 +21,7 @@ __all__ = [
     "past_final_return",
     "final_clause",
     "ends_in_return",
+    "reply_may_end",
 ]
 
 # A query starts at its first clause. Write clauses count too (upper-case only, so prose like "create"
@@ -109,6 +110,16 @@ def past_final_return(text: str) -> bool:
     ``RETURN`` then ``MATCH``)."""
     head = re.sub(r"\w+\Z", "", text)
     return _after_final_return(head, _UPPER_CLAUSE) is not None
+
+
+def reply_may_end(text: str) -> bool:
+    """Whether a reply being written may end here: once the query in it returns something
+    (:func:`ends_in_return`), or before any query has begun. A reply of prose only (no upper-case read
+    clause) ends as the model wants and is refused afterwards, rather than running on to the token
+    limit."""
+    query = extract_cypher(text)
+    begun = any(m.group(1).split()[-1] in _READ_CLAUSES for m in _UPPER_CLAUSE.finditer(query))
+    return not begun or ends_in_return(query)
 
 
 def _strip_strings(q: str) -> str:
